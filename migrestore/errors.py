@@ -1,0 +1,146 @@
+"""The error contract of migrestore.
+
+Rules:
+
+1. Every error an operator can cause or meet is a ``MigrestoreError``; its ``exit_code``
+   is what the process exits with, and ``str(err)`` is one line that names the object,
+   the value and, where there is one, the fix.
+2. Library exceptions (pynvml, yaml, OSError) never leave the module that called the
+   library: they are translated there, keeping the NVML error name
+   (``NVML_ERROR_IN_USE``) so an operator can search for it.
+3. Anything else that escapes is a bug: the command line prints the traceback and
+   exits 70 (EX_SOFTWARE).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+# sysexits.h values, as documented in --help and the README.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_UNAVAILABLE = 69
+EXIT_SOFTWARE = 70
+EXIT_CONFIG = 78
+
+
+class MigrestoreError(Exception):
+    """Base of every expected error."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MigrestoreError):
+    """The config file is invalid: names the file, the line, the key and the fix."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(
+        self,
+        path: str,
+        line: Optional[int],
+        key: str,
+        problem: str,
+        fix: str = "",
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        where = f"{path}:{line}" if line is not None else path
+        text = f"{where}: {key}: {problem}" if key else f"{where}: {problem}"
+        if fix:
+            text += f" ({fix})"
+        super().__init__(text)
+
+
+class InfeasibleError(MigrestoreError):
+    """The declared layout cannot exist on the GPU it was matched to; nothing was touched."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, gpu: str, reason: str) -> None:
+        self.gpu = gpu
+        self.reason = reason
+        super().__init__(f"GPU {gpu}: {reason}; nothing was changed")
+
+
+class DriverUnavailable(MigrestoreError):
+    """No NVIDIA driver (NVML) could be reached."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class NvmlError(MigrestoreError):
+    """An NVML call failed. ``nvml_error`` keeps NVML's own name for the code."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, nvml_error: str, what: str, code: int = -1) -> None:
+        self.nvml_error = nvml_error
+        self.what = what
+        self.code = code
+        super().__init__(f"{what}: {nvml_error}")
+
+
+class ActionFailed(MigrestoreError):
+    """An action of a plan failed: names the GPU, the action and the NVML error."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, gpu: str, action: str, nvml_error: str, detail: str = "") -> None:
+        self.gpu = gpu
+        self.action = action
+        self.nvml_error = nvml_error
+        text = f"GPU {gpu}: {action} failed: {nvml_error}"
+        if detail:
+            text += f" ({detail})"
+        super().__init__(text)
+
+
+class BusyError(MigrestoreError):
+    """The plan would destroy an instance that has running processes."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, gpu: str, instance: str, pids: Sequence[int]) -> None:
+        self.gpu = gpu
+        self.instance = instance
+        self.pids = tuple(pids)
+        pid_text = ", ".join(str(p) for p in self.pids)
+        super().__init__(
+            f"GPU {gpu}: refusing to destroy {instance}: processes {pid_text} are running on it "
+            "(stop them, or pass --force to destroy it anyway)"
+        )
+
+
+class VerifyError(MigrestoreError):
+    """After applying, the observed geometry is not the desired one."""
+
+    exit_code = EXIT_FAILED
+
+
+class ServiceError(MigrestoreError):
+    """A client unit could not be stopped or started."""
+
+    exit_code = EXIT_FAILED
+
+
+class LockError(MigrestoreError):
+    """Another migrestore process holds the GPU lock for too long."""
+
+    exit_code = EXIT_FAILED
+
+
+class StateFileError(MigrestoreError):
+    """A state file (ours or the simulator's) is unreadable or malformed."""
+
+    exit_code = EXIT_FAILED

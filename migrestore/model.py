@@ -1,0 +1,350 @@
+"""The vocabulary of migrestore: immutable values shared by every module.
+
+Rules:
+
+1. Pure data: this module imports nothing but the standard library and does no I/O.
+2. Everything is frozen and built from tuples, so values can be compared, hashed and
+   used as the input of pure functions (placement, planner) whose output is
+   deterministic.
+3. Names follow NVML: a *GPU instance* (GI) owns memory slices; a *compute instance*
+   (CI) lives inside a GI and owns compute slices of it. Profile names are written as
+   NVML prints them without the ``MIG `` prefix (``1g.10gb``, ``1g.10gb+me``,
+   ``1c.3g.40gb``).
+4. A GI is identified on its GPU by its placement start: GI placements never overlap,
+   so ``(gpu uuid, placement.start)`` names one GI for its whole life. GI IDs are read
+   back from the driver, never predicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+# --------------------------------------------------------------------------- slices
+
+
+@dataclass(frozen=True, order=True)
+class Placement:
+    """``start`` and ``size`` in the unit of the table: memory slices for a GI
+    (placement units on parts that have them), compute slices for a CI."""
+
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        """One past the last slice."""
+        return self.start + self.size
+
+    def slots(self) -> range:
+        return range(self.start, self.end)
+
+    def mask(self) -> int:
+        """The slices as a bit mask (bit i = slice i)."""
+        return ((1 << self.size) - 1) << self.start
+
+    def overlaps(self, other: Placement) -> bool:
+        return self.start < other.end and other.start < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.size}"
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class CiProfile:
+    """A compute-instance profile available inside GIs of one GI profile."""
+
+    id: int  # NVML_COMPUTE_INSTANCE_PROFILE_* value; equals the index
+    name: str  # "1c.3g.40gb", or the GI's name for the CI covering the whole GI
+    slices: int  # compute slices
+    max: int  # instanceCount inside one GI
+    sms: int
+    placements: Tuple[Placement, ...]  # in compute slices of the GI
+    default: bool = False  # the CI nvidia-smi -C creates (covers the GI)
+
+
+@dataclass(frozen=True)
+class GiProfile:
+    """A GPU-instance profile as NVML reports it."""
+
+    index: int  # the NVML_GPU_INSTANCE_PROFILE_* index passed to GetGpuInstanceProfileInfo
+    id: int  # the profile ID every other call takes
+    name: str  # "1g.10gb", "1g.10gb+me"
+    slices: int  # compute slices (sliceCount)
+    memory_mib: int
+    sms: int
+    max: int  # instanceCount
+    placements: Tuple[Placement, ...]
+    ci_profiles: Tuple[CiProfile, ...] = ()
+    copy_engines: int = 0
+    decoders: int = 0
+    encoders: int = 0
+    jpeg: int = 0
+    ofa: int = 0
+
+    def ci_profile(self, name: str) -> Optional[CiProfile]:
+        for ci in self.ci_profiles:
+            if ci.name == name:
+                return ci
+        return None
+
+    def default_ci(self) -> Optional[CiProfile]:
+        for ci in self.ci_profiles:
+            if ci.default:
+                return ci
+        return None
+
+
+def media_class(profile_name: str) -> str:
+    """The media-engine class a profile name carries: ``all`` (+me.all), ``none`` (-me),
+    ``me`` (+me), ``gfx`` (+gfx) or ``plain``. nvml.h: allocating an *_ALL_ME instance
+    prevents allocation of all but *_NO_ME profiles."""
+    if profile_name.endswith("+me.all"):
+        return "all"
+    if profile_name.endswith("-me"):
+        return "none"
+    if profile_name.endswith("+me"):
+        return "me"
+    if profile_name.endswith("+gfx"):
+        return "gfx"
+    return "plain"
+
+
+# --------------------------------------------------------------------------- observed
+
+
+ARCH_AMPERE = "ampere"
+ARCH_HOPPER = "hopper"
+ARCH_BLACKWELL = "blackwell"
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    index: int
+    uuid: str  # "GPU-..."
+    pci_bus_id: str  # "00000000:18:00.0"
+    pci_device_id: int  # e.g. 0x233010DE
+    name: str  # "NVIDIA H100 80GB HBM3"
+    architecture: str  # ARCH_* (lower case), or "unknown"
+    mig_capable: bool
+
+    @property
+    def resets_for_mode(self) -> bool:
+        """Ampere activates a MIG mode change through a GPU reset; Hopper and later
+        change the mode at once."""
+        return self.architecture == ARCH_AMPERE
+
+
+@dataclass(frozen=True)
+class ComputeInstance:
+    ci_id: int
+    profile_id: int
+    profile: str  # CI profile name
+    placement: Placement  # compute slices inside the GI
+    uuid: str  # MIG device UUID ("MIG-..."); "" when the driver exposes none
+    pids: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuInstance:
+    gi_id: int
+    profile_id: int
+    profile: str  # GI profile name
+    placement: Placement  # memory slices
+    cis: Tuple[ComputeInstance, ...] = ()
+
+    @property
+    def pids(self) -> Tuple[int, ...]:
+        return tuple(sorted({pid for ci in self.cis for pid in ci.pids}))
+
+    def describe(self) -> str:
+        return f"GI {self.gi_id} ({self.profile} at {self.placement})"
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """One GPU as observed: identity, MIG mode, profile table and geometry."""
+
+    identity: GpuIdentity
+    mig_current: bool
+    mig_pending: bool
+    profiles: Tuple[GiProfile, ...]
+    instances: Tuple[GpuInstance, ...]  # sorted by placement start
+
+    @property
+    def uuid(self) -> str:
+        return self.identity.uuid
+
+    @property
+    def index(self) -> int:
+        return self.identity.index
+
+    def profile(self, name: str) -> Optional[GiProfile]:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        return None
+
+    def profile_by_id(self, profile_id: int) -> Optional[GiProfile]:
+        for p in self.profiles:
+            if p.id == profile_id:
+                return p
+        return None
+
+    def label(self) -> str:
+        """How log lines and errors name a GPU: index and UUID."""
+        return f"{self.identity.index} ({self.identity.uuid})"
+
+
+Observed = Tuple[GpuState, ...]
+
+
+# --------------------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One GI wanted on a GPU."""
+
+    profile: str  # GI profile name
+    placement: Optional[int] = None  # start slice, or None: the solver chooses
+    compute: Tuple[str, ...] = ()  # CI profile names; () = one CI covering the GI
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """What one GPU should look like."""
+
+    mig: bool
+    instances: Tuple[InstanceSpec, ...] = ()
+    source: str = ""  # "file:line" of the rule that produced it, for messages
+
+
+DRIFT_RESTORE = "restore"
+DRIFT_WARN = "warn"
+DRIFT_IGNORE = "ignore"
+
+RESET_ALLOW = "allow"
+RESET_NEVER = "never"
+
+DEFAULT_CLIENTS: Tuple[str, ...] = (
+    "nvidia-dcgm.service",
+    "dcgm.service",
+    "nvsm.service",
+    "dcgm-exporter.service",
+)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which GPUs a rule matches. ``kind`` is one of ``all``, ``index``, ``uuid``,
+    ``pci-bus-id``, ``model`` (glob on the NVML name) and ``device-id``; a GPU matches
+    when any of ``values`` matches it."""
+
+    kind: str
+    values: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    selector: Selector
+    spec: GpuSpec
+    line: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Hook:
+    argv: Tuple[str, ...]
+    timeout: float = 60.0
+    line: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated config file: desired geometry plus the daemon's policies."""
+
+    path: str
+    rules: Tuple[Rule, ...]
+    clients: Tuple[str, ...] = DEFAULT_CLIENTS
+    drift_policy: str = DRIFT_RESTORE
+    drift_interval: float = 60.0
+    ampere_reset: str = RESET_ALLOW
+    driver_wait: float = 120.0
+    hooks: Tuple[Hook, ...] = ()
+    selected: Optional[str] = None  # the mig-parted config name used, if any
+    unit_timeout: float = 90.0  # bound on stopping one client unit
+
+
+# --------------------------------------------------------------------------- actions
+
+SET_MODE = "set_mode"
+RESET = "reset"
+DESTROY_CI = "destroy_ci"
+DESTROY_GI = "destroy_gi"
+CREATE_GI = "create_gi"
+CREATE_CI = "create_ci"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change to one GPU.
+
+    GIs are named by their placement start (``gi_start``); the executor maps it to the
+    driver's GI ID, which it reads back after creation. ``gi_id`` and ``ci_id`` are the
+    observed IDs of instances that exist already (destroy actions)."""
+
+    kind: str
+    gpu: str  # GPU uuid
+    gpu_index: int
+    enabled: Optional[bool] = None  # set_mode
+    if_pending: bool = False  # reset: only when the mode change stayed pending
+    profile: str = ""  # GI or CI profile name
+    profile_id: Optional[int] = None
+    placement: Optional[Placement] = None  # GI placement (GI actions), CI placement (CI actions)
+    gi_start: Optional[int] = None  # the GI (CI actions, and GI actions)
+    gi_id: Optional[int] = None
+    ci_id: Optional[int] = None
+
+    def describe(self) -> str:
+        """One line for plan output and the journal."""
+        gpu = f"GPU {self.gpu_index}"
+        if self.kind == SET_MODE:
+            return f"{gpu}: {'enable' if self.enabled else 'disable'} MIG mode"
+        if self.kind == RESET:
+            cond = " if the mode change stays pending" if self.if_pending else ""
+            return f"{gpu}: reset the GPU{cond}"
+        if self.kind == DESTROY_CI:
+            return f"{gpu}: destroy CI {self.ci_id} ({self.profile} at {self.placement}) in GI {self.gi_id}"
+        if self.kind == DESTROY_GI:
+            return f"{gpu}: destroy GI {self.gi_id} ({self.profile} at {self.placement})"
+        if self.kind == CREATE_GI:
+            return f"{gpu}: create GI {self.profile} at {self.placement}"
+        if self.kind == CREATE_CI:
+            return f"{gpu}: create CI {self.profile} at {self.placement} in the GI at slice {self.gi_start}"
+        return f"{gpu}: {self.kind}"
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    gpu: str  # uuid
+    gpu_index: int
+    actions: Tuple[Action, ...]
+    spec: Optional[GpuSpec] = None  # None: no rule matched, the GPU is left alone
+
+
+@dataclass(frozen=True)
+class Plan:
+    gpus: Tuple[GpuPlan, ...]
+    unmatched: Tuple[str, ...] = ()  # labels of GPUs no rule matched (left untouched)
+    notes: Tuple[str, ...] = field(default=())  # no-op reasons, one line each
+
+    @property
+    def actions(self) -> Tuple[Action, ...]:
+        return tuple(a for g in self.gpus for a in g.actions)
+
+    @property
+    def converged(self) -> bool:
+        return not self.actions
