@@ -250,7 +250,9 @@ class Selector:
 
 @dataclass(frozen=True)
 class Rule:
-    selector: Selector
+    """A GPU matches when it matches every selector (``()`` matches every GPU)."""
+
+    match: Tuple[Selector, ...]
     spec: GpuSpec
     line: Optional[int] = None
 
