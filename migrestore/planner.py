@@ -1,0 +1,333 @@
+"""The minimal planner: desired geometry + observed GPUs -> the ordered actions between them.
+
+Rules:
+
+1. Pure: the standard library, ``migrestore.model``, ``migrestore.errors`` and
+   ``migrestore.placement`` only. No I/O, no logging, no clock, no randomness: the same
+   input always gives the same plan.
+2. Minimal: a GI whose profile, placement and CI layout match is kept untouched; a GI
+   whose profile and placement match but whose CIs differ keeps the GI and only changes
+   CIs; a GPU that already matches gets no action. The plan is empty exactly when every
+   GPU with a desired layout is converged (``gpu_converged``).
+3. Per GPU the actions are ordered: destroy CIs, destroy GIs, set MIG mode, reset, create
+   GIs (ascending placement start), create CIs (by GI start, then CI start). GIs are named
+   by placement start because the IDs of new GIs are only known once they exist.
+4. Mode: Hopper and later change the mode at once (SET_MODE, never a reset); Ampere
+   activates a change through a GPU reset, planned as RESET(if_pending=True) after
+   SET_MODE so the executor resets only if the change stayed pending, or RESET(if_pending
+   =False) when an earlier change is already pending. Disabling MIG destroys every
+   instance first.
+5. All or nothing: an infeasible layout or a forbidden reset on any GPU raises
+   ``InfeasibleError`` and no plan is returned; an instance with running processes that
+   would be destroyed raises ``BusyError`` unless ``force``. Infeasibility is reported
+   before processes, so a config error is never masked by a busy GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+from migrestore.errors import BusyError, InfeasibleError
+from migrestore.model import (
+    CREATE_CI,
+    CREATE_GI,
+    DESTROY_CI,
+    DESTROY_GI,
+    RESET,
+    SET_MODE,
+    Action,
+    ComputeInstance,
+    GiProfile,
+    GpuInstance,
+    GpuPlan,
+    GpuSpec,
+    GpuState,
+    InstanceSpec,
+    Placement,
+    Plan,
+)
+from migrestore.placement import solve_cis, solve_gis
+
+
+@dataclass(frozen=True)
+class _GpuOutcome:
+    actions: Tuple[Action, ...]
+    note: str  # why nothing is done, when nothing is done
+    busy: Optional[BusyError]  # the first instance with processes the plan would destroy
+
+
+def plan(
+    desired: Mapping[str, Optional[GpuSpec]],
+    observed: Sequence[GpuState],
+    *,
+    force: bool = False,
+    allow_reset: bool = True,
+) -> Plan:
+    """The actions that turn ``observed`` into ``desired``.
+
+    ``desired`` maps a GPU uuid to its spec; observed GPUs that are absent or mapped to
+    None are left untouched and listed in ``Plan.unmatched`` by label. ``force`` allows
+    destroying instances with running processes; ``allow_reset`` False (``ampere-reset:
+    never``) forbids the GPU reset an Ampere mode change needs.
+
+    Raises:
+        InfeasibleError: a layout cannot exist on its GPU, a GPU is not MIG-capable, a
+            needed reset is forbidden, or a declared GPU was not observed.
+        BusyError: the plan would destroy an instance with running processes (not
+            raised with ``force``).
+    """
+    gpus = sorted(observed, key=lambda g: (g.index, g.uuid))
+    seen = {g.uuid for g in gpus}
+    for uuid in sorted(desired):
+        if uuid not in seen and desired[uuid] is not None:
+            raise InfeasibleError(
+                uuid,
+                "is declared but the driver does not show it "
+                "(check `nvidia-smi -L` and the kernel log for the GPU)",
+            )
+
+    plans: List[GpuPlan] = []
+    unmatched: List[str] = []
+    notes: List[str] = []
+    busy: Optional[BusyError] = None
+    for gpu in gpus:
+        spec = desired.get(gpu.uuid)
+        if spec is None:
+            unmatched.append(gpu.label())
+            plans.append(GpuPlan(gpu.uuid, gpu.index, ()))
+            continue
+        outcome = _plan_gpu(spec, gpu, force=force, allow_reset=allow_reset)
+        if busy is None:
+            busy = outcome.busy
+        if outcome.note:
+            notes.append(outcome.note)
+        plans.append(GpuPlan(gpu.uuid, gpu.index, outcome.actions, spec))
+    if busy is not None:
+        raise busy
+    return Plan(tuple(plans), tuple(unmatched), tuple(notes))
+
+
+def gpu_converged(spec: GpuSpec, gpu: GpuState) -> bool:
+    """True when ``gpu`` already is ``spec``: the plan for it would be empty.
+
+    An infeasible spec is never converged (the GPU cannot show it)."""
+    try:
+        outcome = _plan_gpu(spec, gpu, force=True, allow_reset=True)
+    except InfeasibleError:
+        return False
+    return not outcome.actions
+
+
+# --------------------------------------------------------------------------- one GPU
+
+
+class _Builder:
+    """Collects the actions of one GPU in their five buckets."""
+
+    def __init__(self, gpu: GpuState, force: bool) -> None:
+        self.gpu = gpu
+        self.force = force
+        self.label = gpu.label()
+        self.destroy_cis: List[Tuple[Tuple[int, int], Action]] = []
+        self.destroy_gis: List[Tuple[int, Action]] = []
+        self.mode: List[Action] = []
+        self.create_gis: List[Tuple[int, Action]] = []
+        self.create_cis: List[Tuple[Tuple[int, int], Action]] = []
+        self.busy: Optional[BusyError] = None
+
+    def set_mode(self, enabled: bool) -> None:
+        self.mode.append(Action(SET_MODE, self.gpu.uuid, self.gpu.index, enabled=enabled))
+
+    def reset(self, if_pending: bool) -> None:
+        self.mode.append(Action(RESET, self.gpu.uuid, self.gpu.index, if_pending=if_pending))
+
+    def _refuse(self, instance: str, pids: Tuple[int, ...]) -> None:
+        if pids and not self.force and self.busy is None:
+            self.busy = BusyError(self.label, instance, pids)
+
+    def destroy_ci(self, gi: GpuInstance, ci: ComputeInstance) -> None:
+        self._refuse(f"CI {ci.ci_id} ({ci.profile} at {ci.placement}) in {gi.describe()}", ci.pids)
+        act = Action(
+            DESTROY_CI,
+            self.gpu.uuid,
+            self.gpu.index,
+            profile=ci.profile,
+            profile_id=ci.profile_id,
+            placement=ci.placement,
+            gi_start=gi.placement.start,
+            gi_id=gi.gi_id,
+            ci_id=ci.ci_id,
+        )
+        self.destroy_cis.append(((gi.placement.start, ci.placement.start), act))
+
+    def destroy_gi(self, gi: GpuInstance) -> None:
+        self._refuse(gi.describe(), gi.pids)
+        for ci in gi.cis:
+            self.destroy_ci(gi, ci)
+        act = Action(
+            DESTROY_GI,
+            self.gpu.uuid,
+            self.gpu.index,
+            profile=gi.profile,
+            profile_id=gi.profile_id,
+            placement=gi.placement,
+            gi_start=gi.placement.start,
+            gi_id=gi.gi_id,
+        )
+        self.destroy_gis.append((gi.placement.start, act))
+
+    def create_gi(self, profile: GiProfile, placement: Placement) -> None:
+        act = Action(
+            CREATE_GI,
+            self.gpu.uuid,
+            self.gpu.index,
+            profile=profile.name,
+            profile_id=profile.id,
+            placement=placement,
+            gi_start=placement.start,
+        )
+        self.create_gis.append((placement.start, act))
+
+    def create_ci(self, gi_start: int, name: str, profile_id: int, placement: Placement) -> None:
+        act = Action(
+            CREATE_CI,
+            self.gpu.uuid,
+            self.gpu.index,
+            profile=name,
+            profile_id=profile_id,
+            placement=placement,
+            gi_start=gi_start,
+        )
+        self.create_cis.append(((gi_start, placement.start), act))
+
+    def actions(self) -> Tuple[Action, ...]:
+        out: List[Action] = [a for _, a in sorted(self.destroy_cis, key=lambda x: x[0])]
+        out += [a for _, a in sorted(self.destroy_gis, key=lambda x: x[0])]
+        out += self.mode
+        out += [a for _, a in sorted(self.create_gis, key=lambda x: x[0])]
+        out += [a for _, a in sorted(self.create_cis, key=lambda x: x[0])]
+        return tuple(out)
+
+
+def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -> _GpuOutcome:
+    b = _Builder(gpu, force)
+    if spec.mig:
+        _plan_enabled(b, spec, gpu, allow_reset)
+    else:
+        _plan_disabled(b, gpu, allow_reset)
+    actions = b.actions()
+    note = ""
+    if not actions:
+        if spec.mig:
+            n = len(gpu.instances)
+            note = f"GPU {gpu.index}: converged ({n} instance{'' if n == 1 else 's'})"
+        else:
+            note = f"GPU {gpu.index}: converged (MIG off)"
+    return _GpuOutcome(actions, note, b.busy)
+
+
+def _forbidden_reset(gpu: GpuState, what: str, fix: str) -> InfeasibleError:
+    return InfeasibleError(
+        gpu.label(),
+        f"{what} on this Ampere GPU needs a GPU reset, which `ampere-reset: never` forbids; {fix}",
+    )
+
+
+def _plan_disabled(b: _Builder, gpu: GpuState, allow_reset: bool) -> None:
+    ampere = gpu.identity.resets_for_mode
+    if not gpu.mig_current:
+        if gpu.mig_pending:
+            # An earlier enable is pending: cancel it, so the next reset keeps MIG off.
+            b.set_mode(False)
+        return
+    for gi in gpu.instances:
+        b.destroy_gi(gi)
+    if gpu.mig_pending or not ampere:
+        b.set_mode(False)
+        if ampere:
+            if not allow_reset:
+                raise _forbidden_reset(
+                    gpu,
+                    "disabling MIG mode",
+                    f"run `nvidia-smi -i {gpu.index} -mig 0` and reboot: the reboot applies it",
+                )
+            b.reset(True)
+        return
+    # Ampere, current on and pending off: a disable is already pending.
+    if not allow_reset:
+        raise _forbidden_reset(gpu, "the pending MIG disable", "a reboot will apply it")
+    b.reset(False)
+
+
+def _plan_enabled(b: _Builder, spec: GpuSpec, gpu: GpuState, allow_reset: bool) -> None:
+    ident = gpu.identity
+    if not ident.mig_capable:
+        where = f" (rule at {spec.source})" if spec.source else ""
+        raise InfeasibleError(
+            gpu.label(),
+            f"{ident.name} is not MIG-capable but its rule{where} sets mig: true; "
+            "match it with a rule that sets mig: false or exclude it",
+        )
+    ampere = ident.resets_for_mode
+    current: Tuple[GpuInstance, ...] = ()
+    if gpu.mig_current:
+        current = gpu.instances
+        if not gpu.mig_pending:
+            # A disable is pending (Ampere): re-enabling cancels it, no reset needed.
+            b.set_mode(True)
+    elif gpu.mig_pending and ampere:
+        if not allow_reset:
+            raise _forbidden_reset(gpu, "the pending MIG enable", "a reboot will apply it")
+        b.reset(False)
+    else:
+        b.set_mode(True)
+        if ampere:
+            if not allow_reset:
+                raise _forbidden_reset(
+                    gpu,
+                    "enabling MIG mode",
+                    f"run `nvidia-smi -i {gpu.index} -mig 1` and reboot: the reboot applies it",
+                )
+            b.reset(True)
+
+    label = gpu.label()
+    profiles = {p.name: p for p in gpu.profiles}
+    assignments = solve_gis(label, gpu.profiles, current, spec.instances)
+    kept_ids = {id(kept) for _, _, kept in assignments if kept is not None}
+    for gi in current:
+        if id(gi) not in kept_ids:
+            b.destroy_gi(gi)
+    for wanted, placement, kept in assignments:
+        profile = profiles[wanted.profile]  # solve_gis placed only profiles of this GPU
+        names = _ci_names(label, profile, wanted)
+        if kept is None:
+            b.create_gi(profile, placement)
+            cis = solve_cis(label, profile, (), names)
+            old: Tuple[ComputeInstance, ...] = ()
+        else:
+            cis = solve_cis(label, profile, kept.cis, names)
+            old = kept.cis
+        ci_profiles = {c.name: c for c in profile.ci_profiles}
+        kept_cis = {id(ci) for _, _, ci in cis if ci is not None}
+        if kept is not None:
+            for ci in old:
+                if id(ci) not in kept_cis:
+                    b.destroy_ci(kept, ci)
+        for name, ci_placement, kept_ci in cis:
+            if kept_ci is not None:
+                continue
+            b.create_ci(placement.start, name, ci_profiles[name].id, ci_placement)
+
+
+def _ci_names(label: str, profile: GiProfile, wanted: InstanceSpec) -> Tuple[str, ...]:
+    if wanted.compute:
+        return wanted.compute
+    default = profile.default_ci()
+    if default is None:
+        raise InfeasibleError(
+            label,
+            f"{profile.name}: this GPU's profile table names no default compute instance; "
+            "list the CIs under compute",
+        )
+    return (default.name,)
