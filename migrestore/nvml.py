@@ -1,0 +1,869 @@
+"""The NVML layer: the only module of migrestore that imports ``pynvml``.
+
+Rules:
+
+1. Every NVML failure leaves this module as a ``migrestore.errors`` error: ``nvmlInit``
+   failing is ``DriverUnavailable`` (exit 69); any other call failing is ``NvmlError``
+   carrying NVML's own name for the code (``NVML_ERROR_IN_USE``) and naming the GPU and
+   the object (``GPU 0 (GPU-...): create GI 3g.40gb at 4:4``). pynvml exceptions never
+   escape.
+2. pynvml is called the way its wrappers are written (nvidia-ml-py 13.x): placement and
+   instance queries get caller-allocated ctypes arrays and a ``byref(c_uint)`` count
+   (the placement count is asked first with a NULL array, as nvml.h documents);
+   ``CreateGpuInstanceWithPlacement`` gets ``byref(placement)``; ``SetMigMode`` returns
+   the activation status as an int and does not raise when the activation failed, so
+   its value is returned by name and never ignored.
+3. Profiles are enumerated by index until ``INVALID_ARGUMENT``, skipping
+   ``NOT_SUPPORTED``; profile IDs (not indices) are what every other call takes.
+4. IDs are read back, never predicted: a created GI or CI is returned as
+   ``nvmlGpuInstanceGetInfo`` / ``nvmlComputeInstanceGetInfo`` report it.
+5. What cannot change is read once per session: the GPU list and identities, and per
+   GPU and MIG mode the GI profile table with its placements and the CI profiles of
+   each GI profile. Mode, instances, MIG device UUIDs and processes are read on every
+   observe.
+6. CI profiles are a property of a GI, so they are read from an existing GI of the
+   profile. While no GI of a profile exists, its CI list is the one the bundled model
+   table (``migrestore.tables``) gives for the GPU whose NVML name matches, and empty
+   for a GPU no table knows.
+7. A GPU reset on real hardware runs ``nvidia-smi --gpu-reset -i <PCI bus id>`` with
+   NVML shut down (an open NVML client counts as a user of the GPU and makes the reset
+   fail), bounded by a timeout. The reset waits for NVML calls of other threads to end
+   and holds new ones back until NVML is open again; cached handles are dropped.
+"""
+
+# The team targets Python 3.9 with typing.Optional/Tuple/Dict (see docs/ARCHITECTURE.md);
+# ruff's pyupgrade rules would rewrite them to the 3.10 spelling.
+# ruff: noqa: UP006, UP035, UP045
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
+
+import pynvml
+
+from migrestore.errors import DriverUnavailable, NvmlError
+from migrestore.model import (
+    CiProfile,
+    ComputeInstance,
+    GiProfile,
+    GpuIdentity,
+    GpuInstance,
+    GpuState,
+    Placement,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from migrestore.simulator import Simulator
+
+# Upper bound on profile indices: drivers end the enumeration with INVALID_ARGUMENT;
+# this only stops a driver that never does (every index NOT_SUPPORTED).
+MAX_PROFILE_INDEX = 64
+
+# How long `nvidia-smi --gpu-reset` may take before it is killed.
+RESET_TIMEOUT = 120.0
+
+# nvidia-smi's exit codes are NVML return codes (nvidia-smi(1), RETURN VALUE); 255 is
+# "other error".
+RESET_COMMAND = ("nvidia-smi", "--gpu-reset", "-i")
+
+_ARCHITECTURES: Dict[int, str] = {
+    2: "kepler",
+    3: "maxwell",
+    4: "pascal",
+    5: "volta",
+    6: "turing",
+    7: "ampere",
+    8: "ada",
+    9: "hopper",
+    10: "blackwell",
+}
+
+_ERROR_NAMES: Dict[int, str] = {
+    value: name
+    for name, value in sorted(vars(pynvml).items())
+    if name.startswith("NVML_ERROR_") and isinstance(value, int)
+}
+_ERROR_NAMES[pynvml.NVML_SUCCESS] = "NVML_SUCCESS"
+
+_DRIVER_HINTS: Dict[int, str] = {
+    pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: (
+        "no NVIDIA driver found (NVML_ERROR_LIBRARY_NOT_FOUND): is the nvidia kernel module "
+        "loaded? libnvidia-ml.so.1 could not be loaded; install the NVIDIA driver or check "
+        "`nvidia-smi`"
+    ),
+    pynvml.NVML_ERROR_DRIVER_NOT_LOADED: (
+        "NVIDIA driver not loaded (NVML_ERROR_DRIVER_NOT_LOADED): load it with "
+        "`modprobe nvidia` and check `dmesg` for why it failed"
+    ),
+    pynvml.NVML_ERROR_NO_PERMISSION: (
+        "no permission to use the NVIDIA driver (NVML_ERROR_NO_PERMISSION): run as root "
+        "or check the permissions of /dev/nvidia*"
+    ),
+    pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH: (
+        "NVML library and kernel driver versions differ "
+        "(NVML_ERROR_LIB_RM_VERSION_MISMATCH): reload the nvidia module or reboot after "
+        "the driver upgrade"
+    ),
+}
+
+
+def error_name(code: int) -> str:
+    """NVML's name for a return code: 19 -> ``NVML_ERROR_IN_USE``."""
+    return _ERROR_NAMES.get(code, f"NVML_ERROR_UNKNOWN_CODE_{code}")
+
+
+def _translate(err: pynvml.NVMLError, what: str) -> NvmlError:
+    code = int(err.value)
+    return NvmlError(nvml_error=error_name(code), what=what, code=code)
+
+
+def _driver_unavailable(err: pynvml.NVMLError) -> DriverUnavailable:
+    code = int(err.value)
+    hint = _DRIVER_HINTS.get(code)
+    if hint is None:
+        hint = (
+            f"NVIDIA driver unavailable ({error_name(code)}): nvmlInit failed; check "
+            "`nvidia-smi` and `dmesg`"
+        )
+    return DriverUnavailable(hint)
+
+
+@contextmanager
+def _nvml(what: str) -> Iterator[None]:
+    """Translate a pynvml error raised in the block into ``NvmlError`` naming ``what``."""
+    try:
+        yield
+    except pynvml.NVMLError as err:
+        raise _translate(err, what) from err
+
+
+def _code(err: pynvml.NVMLError) -> int:
+    return int(err.value)
+
+
+def _profile_name(raw: Any) -> str:
+    """``info.name`` without NVML's ``MIG `` prefix (``MIG 1g.10gb`` -> ``1g.10gb``)."""
+    name = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return name[4:] if name.startswith("MIG ") else name
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def run_reset_tool(bus_id: str, what: str, timeout: float = RESET_TIMEOUT) -> None:
+    """Reset one GPU with ``nvidia-smi --gpu-reset -i <bus id>``.
+
+    Raises:
+        NvmlError: the tool is missing, timed out (``NVML_ERROR_TIMEOUT``), or failed;
+            its exit code is an NVML return code and is named as such, and the message
+            carries the tool's last output line.
+    """
+    argv = [*RESET_COMMAND, bus_id]
+    command = " ".join(argv)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise NvmlError(
+            nvml_error=error_name(pynvml.NVML_ERROR_NOT_FOUND),
+            what=f"{what}: cannot run `{command}` ({exc.strerror}; install the NVIDIA "
+            "driver utilities)",
+            code=pynvml.NVML_ERROR_NOT_FOUND,
+        ) from exc
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        # The tool runs in its own session: kill it and anything it started, then give
+        # the pipes a moment to close rather than waiting on a process stuck in the driver.
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=5.0)
+        raise NvmlError(
+            nvml_error=error_name(pynvml.NVML_ERROR_TIMEOUT),
+            what=f"{what}: `{command}` did not finish within {timeout:g}s and was killed",
+            code=pynvml.NVML_ERROR_TIMEOUT,
+        ) from exc
+    if proc.returncode == 0:
+        return
+    lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
+    said = lines[-1] if lines else "no output"
+    code = proc.returncode
+    if code in _ERROR_NAMES and code != pynvml.NVML_SUCCESS:
+        name = _ERROR_NAMES[code]
+    elif "in use" in said.lower():
+        name, code = error_name(pynvml.NVML_ERROR_IN_USE), pynvml.NVML_ERROR_IN_USE
+    else:
+        name, code = error_name(pynvml.NVML_ERROR_UNKNOWN), pynvml.NVML_ERROR_UNKNOWN
+    raise NvmlError(
+        nvml_error=name,
+        what=f"{what}: `{command}` exited {proc.returncode}: {said}",
+        code=code,
+    )
+
+
+class _Gate:
+    """Many NVML users at once, or one exclusive user (a reset that shuts NVML down).
+
+    Shared holders never wait for a waiting exclusive holder, so a thread that already
+    holds the gate shared can take it shared again."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Gpu:
+    """What the session knows about one GPU."""
+
+    index: int
+    handle: Any
+    uuid: str
+    pci_bus_id: str
+    pci_device_id: int
+    name: str
+    architecture: str
+    # the GI profile table (without CI lists), for the MIG mode it was read in
+    table_mode: Optional[bool] = None
+    gi_profiles: Tuple[GiProfile, ...] = ()
+    # CI profiles per GI profile ID, read from an existing GI of that profile
+    ci_read: Dict[int, Tuple[CiProfile, ...]] = field(default_factory=dict)
+    # CI profiles per GI profile ID from the bundled model table (None: not looked up)
+    ci_tables: Optional[Dict[int, Tuple[CiProfile, ...]]] = None
+
+    @property
+    def label(self) -> str:
+        return f"GPU {self.index} ({self.uuid})"
+
+
+class Nvml:
+    """One NVML session over every GPU of the node (or of the simulator).
+
+    ``simulate`` is a simulator spec (``MODEL[:COUNT],...`` or a state file path); the
+    simulator is attached beneath pynvml when the session opens, so the same code runs
+    against simulated and real GPUs."""
+
+    def __init__(
+        self, simulate: Optional[str] = None, reset_timeout: float = RESET_TIMEOUT
+    ) -> None:
+        self.simulate = simulate
+        self.reset_timeout = reset_timeout
+        self.simulator: Optional[Simulator] = None
+        self._open = False
+        self._gate = _Gate()
+        self._gpus: Optional[List[_Gpu]] = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Nvml:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        # Already failing: do not let a shutdown error hide the original one.
+        with suppress(NvmlError):
+            self.close()
+
+    def open(self) -> None:
+        """Attach the simulator (when simulating) and initialise NVML.
+
+        Raises:
+            DriverUnavailable: NVML could not be initialised (no driver, no permission,
+                library/driver mismatch).
+        """
+        if self._open:
+            return
+        if self.simulate is not None and self.simulator is None:
+            from migrestore import simulator
+
+            self.simulator = simulator.attach(pynvml, self.simulate)
+        self._init()
+        self._open = True
+
+    def close(self) -> None:
+        """Shut NVML down. Raises ``NvmlError`` if ``nvmlShutdown`` fails."""
+        if not self._open:
+            return
+        self._open = False
+        self._gpus = None
+        with _nvml("NVML: shut down"):
+            pynvml.nvmlShutdown()
+
+    def _init(self) -> None:
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as err:
+            raise _driver_unavailable(err) from err
+
+    # ------------------------------------------------------------------ queries
+
+    def driver_version(self) -> str:
+        with self._gate.shared(), _nvml("NVML: read the driver version"):
+            return _text(pynvml.nvmlSystemGetDriverVersion())
+
+    def observe(self) -> Tuple[GpuState, ...]:
+        """Every GPU, by index: identity, MIG mode, profile table, GIs with their CIs,
+        MIG device UUIDs and the processes on each MIG device."""
+        with self._gate.shared():
+            return tuple(self._observe(gpu) for gpu in self._devices())
+
+    def observe_gpu(self, uuid: str) -> GpuState:
+        with self._gate.shared():
+            return self._observe(self._gpu(uuid))
+
+    def mig_mode(self, uuid: str) -> Tuple[bool, bool]:
+        """``(current, pending)``; ``(False, False)`` on a GPU that is not MIG capable."""
+        with self._gate.shared():
+            gpu = self._gpu(uuid)
+            mode = self._mig_mode(gpu)
+            return (False, False) if mode is None else mode
+
+    # ------------------------------------------------------------------ actions
+
+    def set_mig_mode(self, uuid: str, enabled: bool) -> str:
+        """Request MIG mode on or off; returns the activation status by name
+        (``NVML_SUCCESS``, ``NVML_ERROR_IN_USE``, ``NVML_ERROR_RESET_REQUIRED``, ...).
+        A status other than success is not raised: the mode change is then pending.
+
+        Raises:
+            NvmlError: the request itself failed (``NOT_SUPPORTED`` on a GPU without
+                MIG, ``NO_PERMISSION``).
+        """
+        with self._gate.shared():
+            gpu = self._gpu(uuid)
+            mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled else pynvml.NVML_DEVICE_MIG_DISABLE
+            verb = "enable" if enabled else "disable"
+            with _nvml(f"{gpu.label}: {verb} MIG mode"):
+                status = pynvml.nvmlDeviceSetMigMode(gpu.handle, mode)
+            # The profile table is per MIG mode; read it again when the mode is next seen.
+            self._forget_tables(gpu)
+            return error_name(int(status))
+
+    def create_gi(self, uuid: str, profile_id: int, placement: Placement) -> GpuInstance:
+        """Create a GI of ``profile_id`` at ``placement`` and read it back.
+
+        Raises:
+            NvmlError: e.g. ``NVML_ERROR_INSUFFICIENT_RESOURCES`` (overlap, cap),
+                ``NVML_ERROR_INVALID_ARGUMENT`` (placement not possible for the profile),
+                ``NVML_ERROR_NOT_SUPPORTED`` (MIG mode off).
+        """
+        with self._gate.shared():
+            gpu = self._gpu(uuid)
+            profile = self._gi_profile(gpu, profile_id)
+            name = profile.name if profile is not None else f"profile {profile_id}"
+            what = f"{gpu.label}: create GI {name} at {placement}"
+            c_placement = pynvml.c_nvmlGpuInstancePlacement_t(placement.start, placement.size)
+            with _nvml(what):
+                gi = pynvml.nvmlDeviceCreateGpuInstanceWithPlacement(
+                    gpu.handle, profile_id, ctypes.byref(c_placement)
+                )
+            with _nvml(f"{what}: read it back"):
+                info = pynvml.nvmlGpuInstanceGetInfo(gi)
+            return GpuInstance(
+                gi_id=int(info.id),
+                profile_id=int(info.profileId),
+                profile=name,
+                placement=Placement(int(info.placement.start), int(info.placement.size)),
+            )
+
+    def create_ci(
+        self, uuid: str, gi_id: int, ci_profile_id: int, placement: Optional[Placement]
+    ) -> ComputeInstance:
+        """Create a CI of ``ci_profile_id`` in GI ``gi_id``, at ``placement`` (compute
+        slices of the GI) or where the driver puts it when ``placement`` is None, and
+        read it back with its MIG device UUID.
+
+        Raises:
+            NvmlError: e.g. ``NVML_ERROR_NOT_FOUND`` (no such GI),
+                ``NVML_ERROR_INSUFFICIENT_RESOURCES`` (overlap, cap).
+        """
+        with self._gate.shared():
+            gpu = self._gpu(uuid)
+            gi = self._gi_handle(gpu, gi_id, f"create CI in GI {gi_id}")
+            with _nvml(f"{gpu.label}: read GI {gi_id}"):
+                gi_info = pynvml.nvmlGpuInstanceGetInfo(gi)
+            ci_profiles = self._ci_profiles_of(gpu, int(gi_info.profileId), gi)
+            name = next(
+                (p.name for p in ci_profiles if p.id == ci_profile_id),
+                f"profile {ci_profile_id}",
+            )
+            where = f" at {placement}" if placement is not None else ""
+            what = f"{gpu.label}: create CI {name}{where} in GI {gi_id}"
+            with _nvml(what):
+                if placement is None:
+                    ci = pynvml.nvmlGpuInstanceCreateComputeInstance(gi, ci_profile_id)
+                else:
+                    c_placement = pynvml.c_nvmlComputeInstancePlacement_t(
+                        placement.start, placement.size
+                    )
+                    ci = pynvml.nvmlGpuInstanceCreateComputeInstanceWithPlacement(
+                        gi, ci_profile_id, ctypes.byref(c_placement)
+                    )
+            with _nvml(f"{what}: read it back"):
+                info = pynvml.nvmlComputeInstanceGetInfo(ci)
+            ci_id = int(info.id)
+            devices = self._mig_devices(gpu, stop_at=(gi_id, ci_id))
+            found = devices.get((gi_id, ci_id))
+            return ComputeInstance(
+                ci_id=ci_id,
+                profile_id=int(info.profileId),
+                profile=name,
+                placement=Placement(int(info.placement.start), int(info.placement.size)),
+                uuid=found[0] if found is not None else "",
+            )
+
+    def destroy_ci(self, uuid: str, gi_id: int, ci_id: int) -> None:
+        """Raises ``NvmlError`` (``NVML_ERROR_IN_USE`` while processes run on it)."""
+        with self._gate.shared():
+            gpu = self._gpu(uuid)
+            what = f"destroy CI {ci_id} in GI {gi_id}"
+            gi = self._gi_handle(gpu, gi_id, what)
+            with _nvml(f"{gpu.label}: {what}"):
+                ci = pynvml.nvmlGpuInstanceGetComputeInstanceById(gi, ci_id)
+                pynvml.nvmlComputeInstanceDestroy(ci)
+
+    def destroy_gi(self, uuid: str, gi_id: int) -> None:
+        """Raises ``NvmlError`` (``NVML_ERROR_IN_USE`` while it has CIs or processes)."""
+        with self._gate.shared():
+            gpu = self._gpu(uuid)
+            what = f"destroy GI {gi_id}"
+            gi = self._gi_handle(gpu, gi_id, what)
+            with _nvml(f"{gpu.label}: {what}"):
+                pynvml.nvmlGpuInstanceDestroy(gi)
+
+    def reset_gpu(self, uuid: str) -> None:
+        """Reset one GPU (activates a pending MIG mode change; destroys every instance).
+
+        Simulated: the simulator's reset. Real: ``nvidia-smi --gpu-reset -i <bus id>``
+        with NVML shut down meanwhile; other threads' NVML calls wait for it.
+
+        Raises:
+            NvmlError: the reset failed (``NVML_ERROR_IN_USE`` when a client holds the
+                GPU), with the tool's message on real hardware.
+            DriverUnavailable: NVML could not be initialised again after the reset.
+        """
+        with self._gate.exclusive():
+            gpu = self._gpu(uuid)
+            what = f"{gpu.label}: reset the GPU"
+            if self.simulator is not None:
+                try:
+                    self.simulator.reset_gpu(uuid)
+                finally:
+                    self._forget_tables(gpu)
+                return
+            bus_id = gpu.pci_bus_id
+            with _nvml(f"{what}: shut NVML down first"):
+                pynvml.nvmlShutdown()
+            # Handles do not survive the shutdown: enumerate again afterwards.
+            self._gpus = None
+            self._open = False
+            try:
+                run_reset_tool(bus_id, what, self.reset_timeout)
+            finally:
+                self._init()
+                self._open = True
+
+    # ------------------------------------------------------------------ devices
+
+    def _devices(self) -> List[_Gpu]:
+        gpus = self._gpus
+        if gpus is not None:
+            return gpus
+        with _nvml("NVML: count the GPUs"):
+            count = int(pynvml.nvmlDeviceGetCount())
+        gpus = [self._identify(index) for index in range(count)]
+        self._gpus = gpus
+        return gpus
+
+    def _identify(self, index: int) -> _Gpu:
+        with _nvml(f"GPU {index}: get its handle"):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        with _nvml(f"GPU {index}: read its UUID"):
+            uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        label = f"GPU {index} ({uuid})"
+        with _nvml(f"{label}: read its PCI info"):
+            pci = pynvml.nvmlDeviceGetPciInfo(handle)
+        with _nvml(f"{label}: read its name"):
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+        try:
+            arch = _ARCHITECTURES.get(int(pynvml.nvmlDeviceGetArchitecture(handle)), "unknown")
+        except pynvml.NVMLError as err:
+            if _code(err) not in (
+                pynvml.NVML_ERROR_NOT_SUPPORTED,
+                pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+            ):
+                raise _translate(err, f"{label}: read its architecture") from err
+            arch = "unknown"
+        return _Gpu(
+            index=index,
+            handle=handle,
+            uuid=uuid,
+            pci_bus_id=_text(pci.busId),
+            pci_device_id=int(pci.pciDeviceId),
+            name=name,
+            architecture=arch,
+        )
+
+    def _gpu(self, uuid: str) -> _Gpu:
+        gpus = self._devices()
+        for gpu in gpus:
+            if gpu.uuid == uuid:
+                return gpu
+        raise NvmlError(
+            nvml_error=error_name(pynvml.NVML_ERROR_NOT_FOUND),
+            what=f"GPU {uuid}: not among the {len(gpus)} GPUs NVML lists (`nvidia-smi -L` "
+            "shows them)",
+            code=pynvml.NVML_ERROR_NOT_FOUND,
+        )
+
+    def _mig_mode(self, gpu: _Gpu) -> Optional[Tuple[bool, bool]]:
+        """``(current, pending)``, or None when the GPU is not MIG capable."""
+        try:
+            current, pending = pynvml.nvmlDeviceGetMigMode(gpu.handle)
+        except pynvml.NVMLError as err:
+            if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                return None
+            raise _translate(err, f"{gpu.label}: read the MIG mode") from err
+        return bool(current), bool(pending)
+
+    # ------------------------------------------------------------------ observe
+
+    def _observe(self, gpu: _Gpu) -> GpuState:
+        mode = self._mig_mode(gpu)
+        capable = mode is not None
+        current, pending = mode if mode is not None else (False, False)
+        identity = GpuIdentity(
+            index=gpu.index,
+            uuid=gpu.uuid,
+            pci_bus_id=gpu.pci_bus_id,
+            pci_device_id=gpu.pci_device_id,
+            name=gpu.name,
+            architecture=gpu.architecture,
+            mig_capable=capable,
+        )
+        if not capable:
+            return GpuState(identity, False, False, (), ())
+        self._load_table(gpu, current)
+        instances: Tuple[GpuInstance, ...] = ()
+        if current:
+            instances = self._instances(gpu)
+        return GpuState(identity, current, pending, self._profiles(gpu), instances)
+
+    def _instances(self, gpu: _Gpu) -> Tuple[GpuInstance, ...]:
+        found: List[Tuple[GpuInstance, List[ComputeInstance]]] = []
+        for profile in gpu.gi_profiles:
+            for gi in self._gi_handles(gpu, profile):
+                with _nvml(f"{gpu.label}: read a GI of {profile.name}"):
+                    info = pynvml.nvmlGpuInstanceGetInfo(gi)
+                gi_id = int(info.id)
+                cis = self._cis(gpu, profile, gi, gi_id)
+                placement = Placement(int(info.placement.start), int(info.placement.size))
+                found.append(
+                    (GpuInstance(gi_id, int(info.profileId), profile.name, placement), cis)
+                )
+        if not any(cis for _, cis in found):
+            return tuple(sorted((gi for gi, _ in found), key=lambda g: g.placement))
+        devices = self._mig_devices(gpu)
+        instances = []
+        for gi, cis in found:
+            full = []
+            for ci in cis:
+                device = devices.get((gi.gi_id, ci.ci_id))
+                if device is not None:
+                    ci = replace(ci, uuid=device[0], pids=device[1])
+                full.append(ci)
+            full.sort(key=lambda c: c.placement)
+            instances.append(replace(gi, cis=tuple(full)))
+        return tuple(sorted(instances, key=lambda g: g.placement))
+
+    def _gi_handles(self, gpu: _Gpu, profile: GiProfile) -> List[Any]:
+        if profile.max <= 0:
+            return []
+        buf = (pynvml.c_nvmlGpuInstance_t * profile.max)()
+        count = ctypes.c_uint(profile.max)
+        with _nvml(f"{gpu.label}: list the GIs of {profile.name} (ID {profile.id})"):
+            pynvml.nvmlDeviceGetGpuInstances(gpu.handle, profile.id, buf, ctypes.byref(count))
+        return [buf[i] for i in range(min(count.value, profile.max))]
+
+    def _cis(self, gpu: _Gpu, profile: GiProfile, gi: Any, gi_id: int) -> List[ComputeInstance]:
+        cis: List[ComputeInstance] = []
+        for ci_profile in self._ci_profiles_of(gpu, profile.id, gi):
+            if ci_profile.max <= 0:
+                continue
+            buf = (pynvml.c_nvmlComputeInstance_t * ci_profile.max)()
+            count = ctypes.c_uint(ci_profile.max)
+            what = f"{gpu.label}: list the CIs of {ci_profile.name} in GI {gi_id}"
+            with _nvml(what):
+                pynvml.nvmlGpuInstanceGetComputeInstances(
+                    gi, ci_profile.id, buf, ctypes.byref(count)
+                )
+            for i in range(min(count.value, ci_profile.max)):
+                with _nvml(f"{gpu.label}: read a CI of {ci_profile.name} in GI {gi_id}"):
+                    info = pynvml.nvmlComputeInstanceGetInfo(buf[i])
+                cis.append(
+                    ComputeInstance(
+                        ci_id=int(info.id),
+                        profile_id=int(info.profileId),
+                        profile=ci_profile.name,
+                        placement=Placement(int(info.placement.start), int(info.placement.size)),
+                        uuid="",
+                    )
+                )
+        return cis
+
+    def _mig_devices(
+        self, gpu: _Gpu, stop_at: Optional[Tuple[int, int]] = None
+    ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]]:
+        """(GI ID, CI ID) -> (MIG device UUID, pids), from the MIG device handles.
+
+        Indices without a device answer NOT_FOUND or INVALID_ARGUMENT and are skipped.
+        With ``stop_at`` the scan ends at that CI and reads no processes."""
+        with _nvml(f"{gpu.label}: read the MIG device count"):
+            count = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu.handle))
+        devices: Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]] = {}
+        for index in range(count):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu.handle, index)
+            except pynvml.NVMLError as err:
+                if _code(err) in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_ERROR_INVALID_ARGUMENT):
+                    continue
+                raise _translate(err, f"{gpu.label}: get MIG device {index}") from err
+            what = f"{gpu.label}: read MIG device {index}"
+            with _nvml(what):
+                key = (
+                    int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
+                    int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
+                )
+                mig_uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
+            if stop_at is not None:
+                if key == stop_at:
+                    return {key: (mig_uuid, ())}
+                continue
+            devices[key] = (mig_uuid, self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})"))
+        return devices
+
+    @staticmethod
+    def _pids(mig: Any, what: str) -> Tuple[int, ...]:
+        with _nvml(f"{what}: list its processes"):
+            try:
+                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(mig)
+            except pynvml.NVMLLibraryMismatchError:
+                # Drivers older than the _v3 call still have _v2.
+                procs = pynvml.nvmlDeviceGetComputeRunningProcesses_v2(mig)
+        return tuple(sorted({int(p.pid) for p in procs}))
+
+    # ------------------------------------------------------------------ profiles
+
+    def _load_table(self, gpu: _Gpu, current: bool) -> None:
+        if gpu.table_mode is current:
+            return
+        profiles: List[GiProfile] = []
+        for index in range(MAX_PROFILE_INDEX):
+            try:
+                info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(gpu.handle, index)
+            except pynvml.NVMLError as err:
+                if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                    continue
+                if _code(err) == pynvml.NVML_ERROR_INVALID_ARGUMENT:
+                    break
+                raise _translate(err, f"{gpu.label}: read GI profile index {index}") from err
+            name = _profile_name(info.name)
+            profile_id = int(info.id)
+            what = f"{gpu.label}: read the placements of GI profile {name} (ID {profile_id})"
+            placements = _placements(
+                pynvml.nvmlDeviceGetGpuInstancePossiblePlacements,
+                pynvml.c_nvmlGpuInstancePlacement_t,
+                gpu.handle,
+                profile_id,
+                what,
+            )
+            profiles.append(
+                GiProfile(
+                    index=index,
+                    id=profile_id,
+                    name=name,
+                    slices=int(info.sliceCount),
+                    memory_mib=int(info.memorySizeMB),
+                    sms=int(info.multiprocessorCount),
+                    max=int(info.instanceCount),
+                    placements=placements,
+                    copy_engines=int(info.copyEngineCount),
+                    decoders=int(info.decoderCount),
+                    encoders=int(info.encoderCount),
+                    jpeg=int(info.jpegCount),
+                    ofa=int(info.ofaCount),
+                )
+            )
+        gpu.gi_profiles = tuple(profiles)
+        gpu.ci_read = {}
+        gpu.table_mode = current
+
+    def _forget_tables(self, gpu: _Gpu) -> None:
+        gpu.table_mode = None
+        gpu.gi_profiles = ()
+        gpu.ci_read = {}
+
+    def _gi_profile(self, gpu: _Gpu, profile_id: int) -> Optional[GiProfile]:
+        for profile in gpu.gi_profiles:
+            if profile.id == profile_id:
+                return profile
+        mode = self._mig_mode(gpu)
+        if mode is None:
+            return None
+        self._load_table(gpu, mode[0])
+        for profile in gpu.gi_profiles:
+            if profile.id == profile_id:
+                return profile
+        return None
+
+    def _profiles(self, gpu: _Gpu) -> Tuple[GiProfile, ...]:
+        """The GI profile table with each profile's CI list (rule 6)."""
+        out = []
+        for profile in gpu.gi_profiles:
+            cis = gpu.ci_read.get(profile.id)
+            if cis is None:
+                cis = self._table_cis(gpu).get(profile.id, ())
+            out.append(replace(profile, ci_profiles=cis))
+        return tuple(out)
+
+    def _table_cis(self, gpu: _Gpu) -> Dict[int, Tuple[CiProfile, ...]]:
+        if gpu.ci_tables is None:
+            from migrestore import tables
+
+            found: Dict[int, Tuple[CiProfile, ...]] = {}
+            for table in tables.load_models().values():
+                if table.nvml_name == gpu.name:
+                    found = {p.id: p.ci_profiles for p in table.profiles}
+                    break
+            gpu.ci_tables = found
+        return gpu.ci_tables
+
+    def _ci_profiles_of(self, gpu: _Gpu, gi_profile_id: int, gi: Any) -> Tuple[CiProfile, ...]:
+        """The CI profiles of a GI profile, read from ``gi`` (a GI of that profile) once
+        per session and MIG mode."""
+        cached = gpu.ci_read.get(gi_profile_id)
+        if cached is not None:
+            return cached
+        gi_profile = self._gi_profile(gpu, gi_profile_id)
+        gi_name = gi_profile.name if gi_profile is not None else f"profile {gi_profile_id}"
+        read: List[CiProfile] = []
+        for index in range(MAX_PROFILE_INDEX):
+            try:
+                info = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                    gi, index, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+                )
+            except pynvml.NVMLError as err:
+                if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                    continue
+                if _code(err) == pynvml.NVML_ERROR_INVALID_ARGUMENT:
+                    break
+                what = f"{gpu.label}: read CI profile index {index} in a GI of {gi_name}"
+                raise _translate(err, what) from err
+            name = _profile_name(info.name)
+            what = f"{gpu.label}: read the placements of CI profile {name} in a GI of {gi_name}"
+            placements = _placements(
+                pynvml.nvmlGpuInstanceGetComputeInstancePossiblePlacements,
+                pynvml.c_nvmlComputeInstancePlacement_t,
+                gi,
+                int(info.id),
+                what,
+            )
+            read.append(
+                CiProfile(
+                    id=int(info.id),
+                    name=name,
+                    slices=int(info.sliceCount),
+                    max=int(info.instanceCount),
+                    sms=int(info.multiprocessorCount),
+                    placements=placements,
+                )
+            )
+        result = _mark_default(tuple(read), gi_name, gi_profile.slices if gi_profile else None)
+        gpu.ci_read[gi_profile_id] = result
+        return result
+
+    def _gi_handle(self, gpu: _Gpu, gi_id: int, doing: str) -> Any:
+        with _nvml(f"{gpu.label}: {doing}: find GI {gi_id}"):
+            return pynvml.nvmlDeviceGetGpuInstanceById(gpu.handle, gi_id)
+
+
+def _placements(
+    query: Callable[..., Any], struct: Any, owner: Any, profile_id: int, what: str
+) -> Tuple[Placement, ...]:
+    """A possible-placements query: the count first (NULL array), then the array."""
+    count = ctypes.c_uint(0)
+    with _nvml(what):
+        query(owner, profile_id, None, ctypes.byref(count))
+        if count.value == 0:
+            return ()
+        buf = (struct * count.value)()
+        query(owner, profile_id, buf, ctypes.byref(count))
+    return tuple(sorted(Placement(int(buf[i].start), int(buf[i].size)) for i in range(count.value)))
+
+
+def _mark_default(
+    profiles: Tuple[CiProfile, ...], gi_name: str, gi_slices: Optional[int]
+) -> Tuple[CiProfile, ...]:
+    """Mark the CI that covers the whole GI (the one ``nvidia-smi -C`` creates): the
+    profile named like the GI, else the largest one spanning all its compute slices."""
+    chosen: Optional[int] = None
+    for ci in profiles:
+        if ci.name == gi_name:
+            chosen = ci.id
+    if chosen is None and gi_slices is not None:
+        covering = [ci.id for ci in profiles if ci.slices == gi_slices]
+        if covering:
+            chosen = max(covering)
+    return tuple(replace(ci, default=ci.id == chosen) for ci in profiles)
