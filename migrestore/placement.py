@@ -25,6 +25,9 @@ Rules:
    Results are listed by placement start, whatever the order of ``wanted``.
 """
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP007, UP035, UP045
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -23,6 +23,9 @@ Rules:
    before processes, so a config error is never masked by a busy GPU.
 """
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP035, UP045
+
 from __future__ import annotations
 
 from dataclasses import dataclass
