@@ -1,0 +1,221 @@
+"""GPU client units: stop them before the GPUs change, start them again afterwards.
+
+Rules:
+
+1. Stops are synchronous and bounded: ``systemctl stop UNIT`` under a timeout, one
+   unit at a time, in the configured order (monitoring agents misbehave when stopped
+   together). Starts never wait: ``systemctl start --no-block UNIT`` only enqueues the
+   job. A client is normally ordered ``After=migrestore.service``, so a blocking start
+   from inside our own start job would wait for a job that waits for us: a boot
+   deadlock (mig-parted learned this twice).
+2. Only units that were active are stopped, and exactly those are started again.
+   A listed unit that went down because an earlier one was stopped (it ``Requires=``
+   or ``BindsTo=`` it) counts as stopped by us, so it comes back too.
+3. Never leave clients stopped: when a stop fails, every unit stopped so far, and the
+   one whose stop failed (it was running, and a timed-out stop job can still complete
+   in systemd after ``systemctl`` gave up) are started again before ServiceError is
+   raised.
+4. Unit names are checked before they reach an argv: systemd's characters only, no
+   leading ``-`` (it would read as an option), a known unit type suffix.
+5. ``systemctl`` runs with ``--no-ask-password`` (a service cannot answer a prompt)
+   and every call is bounded. Its path is ``$MIGRESTORE_SYSTEMCTL`` when set, which
+   is how tests put a stand-in in its place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Sequence, Tuple
+
+from migrestore.errors import ServiceError
+from migrestore.hooks import Completed, run_bounded
+from migrestore.logs import BoundLogger
+
+__all__ = [
+    "QUERY_TIMEOUT",
+    "UNIT_SUFFIXES",
+    "Systemctl",
+    "check_unit_name",
+    "start_clients",
+    "stop_clients",
+    "validate_unit",
+]
+
+UNIT_SUFFIXES: Tuple[str, ...] = (
+    "service",
+    "socket",
+    "target",
+    "timer",
+    "path",
+    "mount",
+    "automount",
+    "swap",
+    "slice",
+    "scope",
+    "device",
+)
+UNIT_NAME_MAX = 255
+QUERY_TIMEOUT = 30.0  # is-active and start --no-block: both answer at once unless systemd is stuck
+
+# The states in which a unit's processes may be holding a GPU.
+RUNNING_STATES = frozenset({"active", "reloading", "activating", "refreshing"})
+KNOWN_STATES = RUNNING_STATES | frozenset({"inactive", "failed", "deactivating", "maintenance"})
+
+_NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\@-]+")
+
+
+def check_unit_name(name: str) -> Optional[str]:
+    """What is wrong with ``name`` as a unit name, or None when it is a valid one."""
+    if not name:
+        return "is empty"
+    if len(name) > UNIT_NAME_MAX:
+        return f"is longer than {UNIT_NAME_MAX} characters"
+    if name.startswith("-"):
+        return "starts with '-'"
+    if not _NAME_CHARS.fullmatch(name):
+        return "has characters systemd does not allow in unit names (allowed: A-Z a-z 0-9 : _ . \\ @ -)"
+    prefix, dot, suffix = name.rpartition(".")
+    if not dot or suffix not in UNIT_SUFFIXES:
+        return f"does not end in a unit type ({', '.join('.' + s for s in UNIT_SUFFIXES)})"
+    if not prefix or prefix.startswith("@"):
+        return "has no name before the type"
+    if "@" in prefix:
+        instance = prefix.partition("@")[2]
+        if "@" in instance:
+            return "has more than one '@'"
+        if not instance:
+            return "is a template; name an instance (foo@instance.service)"
+    return None
+
+
+def validate_unit(name: str) -> str:
+    """``name`` when it is a valid unit name; else ServiceError naming the problem."""
+    problem = check_unit_name(name)
+    if problem is not None:
+        raise ServiceError(f"unit name {name!r} {problem} (fix the clients list in the config)")
+    return name
+
+
+def _message(result: Completed) -> str:
+    text = " ".join((result.stderr.strip() or result.stdout.strip()).split())
+    return text or f"systemctl exited with status {result.returncode}"
+
+
+class Systemctl:
+    """A thin, bounded wrapper around the ``systemctl`` command."""
+
+    def __init__(self, binary: Optional[str] = None) -> None:
+        self.binary = binary or os.environ.get("MIGRESTORE_SYSTEMCTL") or "systemctl"
+
+    def _run(self, args: Sequence[str], timeout: float, what: str) -> Completed:
+        argv = [self.binary, "--no-ask-password", *args]
+        try:
+            result = run_bounded(argv, timeout)
+        except OSError as err:
+            raise ServiceError(
+                f"{what}: cannot run {self.binary}: {err.strerror or err} "
+                "(is systemd installed? set MIGRESTORE_SYSTEMCTL to its systemctl)"
+            ) from None
+        if result.timed_out:
+            raise ServiceError(
+                f"{what}: systemctl did not return within {timeout:g} s and was killed "
+                "(see 'systemctl list-jobs' and the unit's journal)"
+            )
+        return result
+
+    def state(self, unit: str) -> str:
+        """The unit's ActiveState (``active``, ``inactive``, ``activating``, ...)."""
+        validate_unit(unit)
+        result = self._run(["is-active", unit], QUERY_TIMEOUT, f"unit {unit}")
+        lines = result.stdout.split()
+        state = lines[0] if lines else ""
+        if state not in KNOWN_STATES:
+            raise ServiceError(f"unit {unit}: cannot read its state: {_message(result)}")
+        return state
+
+    def is_active(self, unit: str) -> bool:
+        """True when the unit is running (active, reloading, activating, refreshing).
+        A unit that is deactivating is on its way down already: not ours to restart."""
+        return self.state(unit) in RUNNING_STATES
+
+    def stop(self, unit: str, timeout: float) -> None:
+        """``systemctl stop UNIT``, waiting at most ``timeout`` seconds."""
+        validate_unit(unit)
+        result = self._run(["stop", unit], timeout, f"stopping {unit}")
+        if not result.ok:
+            raise ServiceError(f"stopping {unit} failed: {_message(result)}")
+
+    def start_no_block(self, unit: str) -> None:
+        """``systemctl start --no-block UNIT``: enqueue the start job and return."""
+        validate_unit(unit)
+        result = self._run(["start", "--no-block", unit], QUERY_TIMEOUT, f"starting {unit}")
+        if not result.ok:
+            raise ServiceError(f"starting {unit} failed: {_message(result)}")
+
+
+def start_clients(ctl: Systemctl, units: Sequence[str], log: BoundLogger) -> Tuple[str, ...]:
+    """Start ``units`` again, in reverse order, without waiting for them.
+
+    A unit that cannot be enqueued is logged at error and the others still start.
+    Returns the units whose start failed.
+    """
+    failed: List[str] = []
+    for unit in reversed(units):
+        try:
+            ctl.start_no_block(unit)
+        except ServiceError as err:
+            log.error("unit_start_failed", unit=unit, error=str(err))
+            failed.append(unit)
+            continue
+        log.info("unit_start_queued", unit=unit)
+    return tuple(failed)
+
+
+def stop_clients(
+    ctl: Systemctl, units: Sequence[str], timeout: float, log: BoundLogger
+) -> Tuple[str, ...]:
+    """Stop the active ones of ``units``, one at a time, in order.
+
+    Returns exactly the units stopped (including those that went down with an earlier
+    one), in the order they went down; ``start_clients`` with that tuple undoes it.
+    On a failure the stopped units are started again and ServiceError is raised.
+    """
+    for unit in units:
+        validate_unit(unit)
+    stopped: List[str] = []
+    current = ""
+    try:
+        was_running = [unit for unit in units if ctl.is_active(unit)]
+        for unit in units:
+            current = unit
+            if unit not in was_running:
+                log.debug("unit_skipped", unit=unit, outcome="not active")
+                continue
+            if unit in stopped:
+                continue
+            if not ctl.is_active(unit):
+                # Went down with a unit stopped before it (Requires=, BindsTo=).
+                stopped.append(unit)
+                log.info("unit_stopped", unit=unit, outcome="stopped with a dependency")
+                continue
+            ctl.stop(unit, timeout)
+            stopped.append(unit)
+            log.info("unit_stopped", unit=unit)
+    except ServiceError as err:
+        restart = list(stopped)
+        if current and current not in restart and current in units:
+            restart.append(current)
+        if current:
+            log.error("unit_stop_failed", unit=current, error=str(err))
+        else:
+            log.error("unit_stop_failed", error=str(err))
+        failed = start_clients(ctl, restart, log)
+        text = str(err)
+        again = [u for u in restart if u not in failed]
+        if again:
+            text += f"; started again: {', '.join(again)}"
+        if failed:
+            text += f"; could not start again: {', '.join(failed)} (start them by hand)"
+        raise ServiceError(text) from None
+    return tuple(stopped)
