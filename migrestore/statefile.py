@@ -1,0 +1,259 @@
+"""The state file: what the last run did and what the GPUs look like, for people and probes.
+
+Rules:
+
+1. Written atomically: a temporary file in the same directory, fsync, ``os.replace``,
+   then an fsync of the directory. A reader sees the old file or the new one, never
+   half of one. The directory is created 0755 when missing, the file is 0644: it holds
+   no secret, and readiness probes and taint controllers run as other users.
+2. Reading never shows a traceback: a missing file is None, anything unreadable or
+   malformed is a StateFileError naming the file and the fix.
+3. The default path is ``/run/migrestore/state.json`` (``$MIGRESTORE_STATE``
+   overrides it): /run is emptied at boot, and so the file never describes an earlier
+   boot's GPUs.
+
+Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` values::
+
+    {
+      "version": 1,
+      "time": "2026-01-31T12:00:00Z",     # when the run ended, UTC, ISO 8601
+      "result": "converged",              # converged | applied | failed | drift
+      "message": "one line",              # the same text as the unit's STATUS=
+      "duration": 1.234,                  # seconds the run took
+      "config": "/etc/migrestore.yaml",   # or null
+      "selected": null,                   # the mig-parted config name used, if any
+      "driver": "580.95.05",              # or null
+      "units": {"stopped": [...], "start_failed": [...]},
+      "hooks_failed": ["one line per failed hook"],
+      "unmatched": ["GPU labels no rule matched (left untouched)"],
+      "gpus": [
+        {
+          "index": 0, "uuid": "GPU-...", "pci_bus_id": "00000000:18:00.0",
+          "name": "NVIDIA H100 80GB HBM3", "architecture": "hopper",
+          "mig": {"current": true, "pending": true},
+          "problem": null,                # or one line: why this GPU is not as desired
+          "instances": [
+            {
+              "gi_id": 1, "profile": "3g.40gb", "profile_id": 9,
+              "placement": {"start": 0, "size": 4},
+              "compute": [
+                {"ci_id": 0, "profile": "3g.40gb", "profile_id": 2,
+                 "placement": {"start": 0, "size": 3}, "uuid": "MIG-..."}
+              ]
+            }
+          ]
+        }
+      ]
+    }
+
+``result``: ``converged`` nothing needed changing; ``applied`` the geometry was
+changed and verified; ``failed`` the run failed (``message`` says why); ``drift`` the
+watch found the geometry changed under it and only warned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from migrestore.errors import StateFileError
+from migrestore.model import ComputeInstance, GpuInstance, GpuState, Placement
+
+__all__ = [
+    "DEFAULT_STATE",
+    "RESULTS",
+    "STATE_VERSION",
+    "build_state",
+    "default_state_path",
+    "read_state",
+    "write_state",
+]
+
+STATE_VERSION = 1
+DEFAULT_STATE = "/run/migrestore/state.json"
+RESULTS = ("converged", "applied", "failed", "drift")
+
+_FIX = "delete it; migrestore writes it again on its next run"
+
+
+def default_state_path() -> str:
+    return os.environ.get("MIGRESTORE_STATE") or DEFAULT_STATE
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _utc_text(now: datetime.datetime) -> str:
+    if now.tzinfo is None:
+        raise ValueError("build_state needs an aware datetime (UTC)")
+    return now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _placement(p: Placement) -> Dict[str, int]:
+    return {"start": p.start, "size": p.size}
+
+
+def _ci(ci: ComputeInstance) -> Dict[str, Any]:
+    return {
+        "ci_id": ci.ci_id,
+        "profile": ci.profile,
+        "profile_id": ci.profile_id,
+        "placement": _placement(ci.placement),
+        "uuid": ci.uuid,
+    }
+
+
+def _gi(gi: GpuInstance) -> Dict[str, Any]:
+    return {
+        "gi_id": gi.gi_id,
+        "profile": gi.profile,
+        "profile_id": gi.profile_id,
+        "placement": _placement(gi.placement),
+        "compute": [_ci(ci) for ci in gi.cis],
+    }
+
+
+def _gpu(gpu: GpuState, problem: Optional[str]) -> Dict[str, Any]:
+    ident = gpu.identity
+    return {
+        "index": ident.index,
+        "uuid": ident.uuid,
+        "pci_bus_id": ident.pci_bus_id,
+        "name": ident.name,
+        "architecture": ident.architecture,
+        "mig": {"current": gpu.mig_current, "pending": gpu.mig_pending},
+        "problem": problem,
+        "instances": [_gi(gi) for gi in gpu.instances],
+    }
+
+
+def build_state(
+    result: str,
+    message: str,
+    observed: Sequence[GpuState],
+    duration: float,
+    *,
+    now: Optional[datetime.datetime] = None,
+    config_path: Optional[str] = None,
+    selected: Optional[str] = None,
+    driver: Optional[str] = None,
+    stopped_units: Sequence[str] = (),
+    start_failed: Sequence[str] = (),
+    hooks_failed: Sequence[str] = (),
+    unmatched: Sequence[str] = (),
+    problems: Optional[Mapping[str, str]] = None,
+) -> Dict[str, Any]:
+    """The state document (schema in the module docstring). ``problems`` maps a GPU
+    UUID to the one line that says why it is not as desired. ValueError for a
+    ``result`` outside ``RESULTS``."""
+    if result not in RESULTS:
+        raise ValueError(f"state result {result!r} is not one of {', '.join(RESULTS)}")
+    when = now if now is not None else datetime.datetime.now(datetime.timezone.utc)
+    issues = problems or {}
+    return {
+        "version": STATE_VERSION,
+        "time": _utc_text(when),
+        "result": result,
+        "message": " ".join(message.split()),
+        "duration": round(float(duration), 3),
+        "config": config_path,
+        "selected": selected,
+        "driver": driver,
+        "units": {"stopped": list(stopped_units), "start_failed": list(start_failed)},
+        "hooks_failed": list(hooks_failed),
+        "unmatched": list(unmatched),
+        "gpus": [_gpu(g, issues.get(g.uuid)) for g in observed],
+    }
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _make_dirs(directory: str) -> None:
+    missing: List[str] = []
+    current = directory
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)  # whatever the umask
+
+
+def write_state(path: Optional[str], data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` (None: the default path), atomically.
+
+    Raises StateFileError when the file cannot be written; TypeError when ``data``
+    holds something JSON cannot encode (a bug of the caller).
+    """
+    target = path or default_state_path()
+    directory = os.path.dirname(os.path.abspath(target))
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        _make_dirs(directory)
+        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fchmod(f.fileno(), 0o644)
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise StateFileError(
+            f"state file {target}: cannot write: {err.strerror or err} "
+            "(run as root, or set MIGRESTORE_STATE to a writable path)"
+        ) from None
+
+
+def read_state(path: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The state document at ``path`` (None: the default path), or None when there
+    is none yet. StateFileError when it cannot be read or is not a state file."""
+    target = path or default_state_path()
+    try:
+        with open(target, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as err:
+        raise StateFileError(
+            f"state file {target}: not UTF-8 text (byte {err.start}) ({_FIX})"
+        ) from None
+    except OSError as err:
+        raise StateFileError(
+            f"state file {target}: cannot read: {err.strerror or err} (run as root)"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise StateFileError(
+            f"state file {target}:{err.lineno}:{err.colno}: not valid JSON: {err.msg} ({_FIX})"
+        ) from None
+    if not isinstance(data, dict):
+        raise StateFileError(f"state file {target}: not a JSON object ({_FIX})")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StateFileError(f"state file {target}: no integer 'version' ({_FIX})")
+    if version > STATE_VERSION:
+        raise StateFileError(
+            f"state file {target}: version {version} was written by a newer migrestore "
+            f"(this one reads version {STATE_VERSION}; upgrade it)"
+        )
+    return data
