@@ -27,6 +27,8 @@ Hook environment (``result_environment`` builds it):
 
 from __future__ import annotations
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP035, UP045
 import contextlib
 import os
 import selectors
@@ -298,7 +300,7 @@ def refresh_cdi(
     try:
         result = run_bounded(argv, timeout, env=hook_environment({}), cwd="/")
     except OSError as err:
-        error = f"CDI refresh: could not run {command}: {err.strerror or err}"
+        error = f"could not run {command}: {err.strerror or err}"
         log.error("cdi_refresh_failed", outcome=error)
         return error
     for line in (result.stdout + result.stderr).splitlines()[:LINES_MAX]:
@@ -309,7 +311,7 @@ def refresh_cdi(
     last = (result.stderr.strip() or result.stdout.strip()).splitlines()
     detail = f": {last[-1][:LINE_MAX]}" if last else ""
     error = (
-        f"CDI refresh: {command} {_outcome(result, timeout)}{detail} "
+        f"{command} {_outcome(result, timeout)}{detail} "
         "(run it by hand to see why; containers see stale MIG devices until it succeeds)"
     )
     log.error("cdi_refresh_failed", outcome=error)

@@ -19,6 +19,8 @@ Rules:
 
 from __future__ import annotations
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP035, UP045
 import errno
 import fcntl
 import os
@@ -30,7 +32,7 @@ from typing import Optional, Type
 
 from migrestore.errors import LockError
 
-__all__ = ["DEFAULT_LOCK", "GpuLock", "default_lock_path"]
+__all__ = ["DEFAULT_LOCK", "GpuLock", "default_path"]
 
 DEFAULT_LOCK = "/run/migrestore.lock"
 DEFAULT_TIMEOUT = 30.0
@@ -38,7 +40,7 @@ POLL = 0.1
 COMMAND_MAX = 200
 
 
-def default_lock_path() -> str:
+def default_path() -> str:
     return os.environ.get("MIGRESTORE_LOCK") or DEFAULT_LOCK
 
 
@@ -68,7 +70,7 @@ class GpuLock:
         command: Optional[str] = None,
         poll: float = POLL,
     ) -> None:
-        self.path = path or default_lock_path()
+        self.path = path or default_path()
         self.timeout = timeout
         self.command = " ".join((command or _our_command()).split())[:COMMAND_MAX]
         self.poll = poll

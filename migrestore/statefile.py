@@ -53,6 +53,8 @@ watch found the geometry changed under it and only warned.
 
 from __future__ import annotations
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP035, UP045
 import contextlib
 import datetime
 import json
@@ -68,7 +70,7 @@ __all__ = [
     "RESULTS",
     "STATE_VERSION",
     "build_state",
-    "default_state_path",
+    "default_path",
     "read_state",
     "write_state",
 ]
@@ -80,7 +82,7 @@ RESULTS = ("converged", "applied", "failed", "drift")
 _FIX = "delete it; migrestore writes it again on its next run"
 
 
-def default_state_path() -> str:
+def default_path() -> str:
     return os.environ.get("MIGRESTORE_STATE") or DEFAULT_STATE
 
 
@@ -194,7 +196,7 @@ def write_state(path: Optional[str], data: Mapping[str, Any]) -> None:
     Raises StateFileError when the file cannot be written; TypeError when ``data``
     holds something JSON cannot encode (a bug of the caller).
     """
-    target = path or default_state_path()
+    target = path or default_path()
     directory = os.path.dirname(os.path.abspath(target))
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
@@ -226,7 +228,7 @@ def write_state(path: Optional[str], data: Mapping[str, Any]) -> None:
 def read_state(path: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """The state document at ``path`` (None: the default path), or None when there
     is none yet. StateFileError when it cannot be read or is not a state file."""
-    target = path or default_state_path()
+    target = path or default_path()
     try:
         with open(target, encoding="utf-8") as f:
             text = f.read()
