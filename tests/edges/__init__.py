@@ -1,0 +1,1 @@
+"""Tests of the systemd-facing edges: services, notify, logs, lock, statefile, hooks, unit."""
