@@ -201,7 +201,7 @@ def _compose(doc: _Doc, text: str) -> yaml.Node:
             None,
             "",
             "the file is empty",
-            "write at least 'version: 1' and 'gpus: []' (see /etc/migrestore.yaml)",
+            "write at least 'version: 1' and 'gpus: []', as the shipped /etc/migrestore.yaml does",
         )
     loader: Optional[_Loader] = None
     try:
@@ -320,7 +320,7 @@ def _check_keys(
     key: str,
     allowed: Sequence[str],
     required: Sequence[str] = (),
-    hint: str = "",
+    hints: Optional[Dict[str, str]] = None,
 ) -> None:
     for name, (knode, _value) in entries.items():
         if name not in allowed:
@@ -329,7 +329,8 @@ def _check_keys(
             doc.fail(knode, _sub(key, name), "unknown key", fix)
     for name in required:
         if name not in entries:
-            doc.fail(node, _sub(key, name), "missing required key", hint or f"add '{name}:'")
+            hint = (hints or {}).get(name, f"add '{name}:'")
+            doc.fail(node, _sub(key, name), "missing required key", hint)
 
 
 def _scalar(doc: _Doc, node: yaml.Node, key: str) -> _Scalar:
@@ -367,12 +368,14 @@ def _str(doc: _Doc, node: yaml.Node, key: str, what: str = "a string") -> str:
     return value
 
 
-def _int(doc: _Doc, node: yaml.Node, key: str, lo: int, hi: int, fix: str = "") -> int:
+def _int(
+    doc: _Doc, node: yaml.Node, key: str, lo: int, hi: int, fix: str = "", low_fix: str = ""
+) -> int:
     value = _scalar(doc, node, key)
     if isinstance(value, bool) or not isinstance(value, int):
         doc.fail(node, key, f"expected a whole number, got {_kind(node)}", fix)
     if value < lo:
-        doc.fail(node, key, f"{value} is below the minimum {lo}", fix)
+        doc.fail(node, key, f"{value} is below the minimum {lo}", low_fix or fix)
     if value > hi:
         doc.fail(node, key, f"{value} is above the maximum {hi}", fix)
     return value
@@ -607,10 +610,10 @@ def normalize_bus_id(text: str) -> Optional[str]:
 
 def _device_id(doc: _Doc, node: yaml.Node, key: str) -> str:
     value = _scalar(doc, node, key)
-    fix = 'write the PCI device ID as 8 hex digits, e.g. "0x233010DE" (nvidia-smi -q | grep "Device Id")'
+    fix = 'write the PCI device ID as 8 hex digits, e.g. "0x233010DE", as nvidia-smi -q prints it'
     if isinstance(value, int) and not isinstance(value, bool):
         if not 0 <= value <= 0xFFFFFFFF:
-            doc.fail(node, key, f"{value} is not a 32-bit PCI device ID", fix)
+            doc.fail(node, key, f"{node.value} is not a 32-bit PCI device ID", fix)
         return f"0x{value:08X}"
     if not isinstance(value, str):
         doc.fail(node, key, f"expected a PCI device ID, got {_kind(node)}", fix)
@@ -654,7 +657,7 @@ def _selector_value(doc: _Doc, kind: str, node: yaml.Node, key: str) -> str:
                 node,
                 key,
                 f"{text!r} is a MIG device UUID",
-                "select the GPU by its GPU-... UUID (nvidia-smi -L)",
+                "select the GPU by its GPU-... UUID, as nvidia-smi -L prints it",
             )
         if not _UUID.fullmatch(text):
             doc.fail(node, key, f"{text!r} is not a GPU UUID", "copy it from nvidia-smi -L")
@@ -742,7 +745,7 @@ def _instances(doc: _Doc, node: yaml.Node, key: str) -> List[_Wanted]:
             ekey,
             ("profile", "count", "placement", "compute"),
             ("profile",),
-            "add 'profile:', e.g. profile: 1g.10gb",
+            {"profile": "add 'profile:', e.g. profile: 1g.10gb"},
         )
         profile = _gi_profile(doc, entries["profile"][1], _sub(ekey, "profile"))
         count: Optional[int] = None
@@ -753,7 +756,7 @@ def _instances(doc: _Doc, node: yaml.Node, key: str) -> List[_Wanted]:
                 _sub(ekey, "count"),
                 1,
                 _MAX_COUNT,
-                "count is at least 1; remove the entry for none",
+                low_fix="remove the entry to have none",
             )
         starts: List[Optional[int]] = []
         placement_node: Optional[yaml.Node] = None
@@ -991,7 +994,10 @@ def _rule(doc: _Doc, node: yaml.Node, key: str) -> Rule:
         key,
         ("match", "mig", "instances"),
         ("match", "mig"),
-        "a rule needs 'match:' (which GPUs) and 'mig:' (true or false)",
+        {
+            "match": "add 'match: all', or a mapping of selectors",
+            "mig": "add 'mig: true' or 'mig: false'",
+        },
     )
     selectors = _match(doc, entries["match"][1], _sub(key, "match"))
     mig = _bool(doc, entries["mig"][1], _sub(key, "mig"))
@@ -1024,13 +1030,21 @@ def _native(
     select: Optional[str],
     reader: Optional[_Reader],
 ) -> Config:
-    _check_keys(doc, root, entries, "", _TOP_KEYS, ("version",), "start the file with 'version: 1'")
+    _check_keys(
+        doc,
+        root,
+        entries,
+        "",
+        _TOP_KEYS,
+        ("version",),
+        {"version": "start the file with 'version: 1'"},
+    )
     vnode = entries["version"][1]
     version = _scalar(doc, vnode, "version")
     if version != NATIVE_VERSION or isinstance(version, bool):
         fix = "write 'version: 1'"
         if version == MIG_PARTED_VERSION:
-            fix = "a mig-parted file (version: v1) needs 'mig-configs:'; migrestore's own format is 'version: 1'"
+            fix = "mig-parted files say version: v1 and need 'mig-configs:'; migrestore's own format says 'version: 1'"
         doc.fail(vnode, "version", f"unsupported version {version!r}", fix)
 
     def get(name: str) -> Optional[yaml.Node]:
@@ -1097,7 +1111,7 @@ def _native(
             root,
             "gpus",
             "missing: the config declares no GPUs",
-            "add 'gpus:' rules ('gpus: []' changes nothing), or 'mig-parted:'",
+            "add 'gpus:' rules, 'gpus: []' to change nothing, or 'mig-parted:'",
         )
     return Config(
         path=doc.path,
@@ -1118,7 +1132,13 @@ def _referenced_mig_parted(
 ) -> Tuple[Tuple[Rule, ...], str]:
     entries = _mapping(doc, node, "mig-parted")
     _check_keys(
-        doc, node, entries, "mig-parted", ("file", "select"), ("file",), "add 'file: /etc/...'"
+        doc,
+        node,
+        entries,
+        "mig-parted",
+        ("file", "select"),
+        ("file",),
+        {"file": "add 'file:' with the mig-parted config's absolute path"},
     )
     file_node = entries["file"][1]
     path = _str(doc, file_node, "mig-parted.file", "a file path")
@@ -1224,7 +1244,7 @@ def _mp_entry(doc: _Doc, node: yaml.Node, key: str) -> _MpEntry:
                 mnode,
                 mkey,
                 "mig-enabled is false but mig-devices lists devices",
-                "remove them (mig-devices: {}), or set mig-enabled: true",
+                "write mig-devices: {}, or set mig-enabled: true",
             )
     elif enabled:
         doc.fail(
@@ -1293,7 +1313,7 @@ def _mig_parted(
         "",
         ("version", "mig-configs"),
         ("version", "mig-configs"),
-        "a mig-parted file starts with 'version: v1'",
+        {"version": "a mig-parted file starts with 'version: v1'"},
     )
     vnode = entries["version"][1]
     version = _scalar(doc, vnode, "version")
@@ -1373,7 +1393,7 @@ def parse(text: str, path: str = "<config>", select: Optional[str] = None) -> Co
     return _parse(text, path, select, None)
 
 
-def _read_text(path: str, secure: bool) -> str:
+def _read_text(path: str, secure: bool, missing_fix: str = "") -> str:
     """The text of a config file, with every file-system problem as a ConfigError."""
 
     def fail(problem: str, fix: str = "") -> NoReturn:
@@ -1382,7 +1402,10 @@ def _read_text(path: str, secure: bool) -> str:
     try:
         link = os.lstat(path)
     except FileNotFoundError:
-        fail("does not exist", "create it (see /usr/share/doc/migrestore/examples) or pass -c PATH")
+        fail(
+            "does not exist",
+            missing_fix or "create it (see /usr/share/doc/migrestore/examples) or pass -c PATH",
+        )
     except PermissionError:
         fail("cannot be reached: permission denied", "run as root")
     except (OSError, ValueError) as exc:
@@ -1508,7 +1531,14 @@ def load(
     """
     secure = os.geteuid() == 0 if require_secure is None else require_secure
     text = _read_text(path, secure)
-    config = _parse(text, path, select, lambda ref: _read_text(ref, secure))
+    config = _parse(
+        text,
+        path,
+        select,
+        lambda ref: _read_text(
+            ref, secure, "install the mig-parted config, or fix mig-parted.file"
+        ),
+    )
     if secure:
         _check_hook_executable(config)
     return config
