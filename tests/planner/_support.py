@@ -9,6 +9,9 @@
   one the way the driver would (possible placement, overlap, caps, IDs, processes).
 """
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP035, UP045
+
 from __future__ import annotations
 
 import itertools
@@ -315,11 +318,13 @@ class Simulated:
     current: bool = False
     pending: bool = False
     gis: Dict[int, GpuInstance] = field(default_factory=dict)  # by GI ID
+    force: bool = False  # the plan was made with force: processes may be killed
     next_gi: int = 100
 
     @classmethod
-    def of(cls, gpu: GpuState) -> Simulated:
-        return cls(gpu, gpu.mig_current, gpu.mig_pending, {g.gi_id: g for g in gpu.instances})
+    def of(cls, gpu: GpuState, force: bool = False) -> Simulated:
+        gis = {g.gi_id: g for g in gpu.instances}
+        return cls(gpu, gpu.mig_current, gpu.mig_pending, gis, force)
 
     def profile(self, name: str) -> GiProfile:
         found = self.gpu.profile(name)
@@ -359,8 +364,8 @@ class Simulated:
     def _reset(self, action: Action) -> None:
         if not self.gpu.identity.resets_for_mode:
             raise ActionRejected("a reset planned on a GPU that changes its mode at once")
-        if any(ci.pids for gi in self.gis.values() for ci in gi.cis):
-            raise ActionRejected("reset with processes running")
+        if self.gis:
+            raise ActionRejected("reset with instances left (the plan must destroy them first)")
         if action.if_pending and self.current == self.pending:
             return
         self.current = self.pending
@@ -375,7 +380,7 @@ class Simulated:
         ci = next((c for c in gi.cis if c.ci_id == action.ci_id), None)
         if ci is None:
             raise ActionRejected(f"destroy of missing CI {action.ci_id} in GI {gi.gi_id}")
-        if ci.pids:
+        if ci.pids and not self.force:
             raise ActionRejected(f"destroy of CI {ci.ci_id} with processes {ci.pids}")
         if (ci.profile, ci.placement) != (action.profile, action.placement):
             raise ActionRejected(f"destroy CI names {action.profile} at {action.placement}")
@@ -439,8 +444,8 @@ class Simulated:
         )
 
 
-def apply_plan(gpu: GpuState, actions: Sequence[Action]) -> GpuState:
-    sim = Simulated.of(gpu)
+def apply_plan(gpu: GpuState, actions: Sequence[Action], force: bool = False) -> GpuState:
+    sim = Simulated.of(gpu, force)
     for action in actions:
         sim.apply(action)
     return sim.state()

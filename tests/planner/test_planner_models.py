@@ -5,6 +5,9 @@ trying every set of non-overlapping possible placements) must be solved with a v
 layout; multisets next to them that have none must be rejected with InfeasibleError.
 """
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP035, UP045
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Set, Tuple

@@ -1,5 +1,8 @@
 """plan() and gpu_converged() as tables: observed GPUs + desired specs -> exact actions."""
 
+# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
+# ruff: noqa: UP006, UP035, UP045
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -16,6 +19,7 @@ from migrestore.model import (
     DESTROY_CI,
     DESTROY_GI,
     Action,
+    GpuInstance,
     GpuSpec,
     GpuState,
     InstanceSpec,
@@ -35,7 +39,7 @@ from tests.planner._support import (
 H100 = h100_profiles()
 
 
-def balanced(index: int, **kw: object) -> GpuState:
+def balanced(index: int) -> GpuState:
     """3g at 4, 2g at 0, two 1g at 2 and 3: mig-parted's all-balanced, placed right."""
     gis = [
         make_gi(H100, 2, "3g.40gb", 4),
@@ -43,7 +47,7 @@ def balanced(index: int, **kw: object) -> GpuState:
         make_gi(H100, 9, "1g.10gb", 2),
         make_gi(H100, 10, "1g.10gb", 3),
     ]
-    return make_gpu(index, H100, gis, **kw)  # type: ignore[arg-type]
+    return make_gpu(index, H100, gis)
 
 
 BALANCED = GpuSpec(
@@ -271,9 +275,9 @@ def test_infeasible_is_reported_before_busy() -> None:
 
 
 def _fresh(
-    spec_arch: str, current: bool, pending: bool, instances: Sequence[object] = ()
+    arch: str, current: bool, pending: bool, instances: Sequence[GpuInstance] = ()
 ) -> GpuState:
-    return make_gpu(0, H100, list(instances), arch=spec_arch, current=current, pending=pending)  # type: ignore[arg-type]
+    return make_gpu(0, H100, instances, arch=arch, current=current, pending=pending)
 
 
 ONE = GpuSpec(True, (InstanceSpec("3g.40gb"),))
