@@ -320,10 +320,12 @@ def solve_gis(
     members: Dict[Tuple[str, Tuple[str, ...]], List[int]] = {}
     for i, spec in enumerate(wanted):
         if spec.placement is None:
-            members.setdefault((spec.profile, spec.compute), []).append(i)
+            # The order CIs are listed in does not matter: ("1c", "2c") == ("2c", "1c").
+            members.setdefault((spec.profile, tuple(sorted(spec.compute))), []).append(i)
 
     groups: List[_Group] = []
     for (name, compute), idx in members.items():
+        idx.sort(key=lambda i: wanted[i].compute)  # equal specs: any order; others: stable
         profile = by_name[name]
         slots = tuple(
             _Slot(p, p.mask(), _gi_weight(profile, kept, compute), kept)

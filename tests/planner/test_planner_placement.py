@@ -183,6 +183,18 @@ def test_a_gi_whose_cis_already_match_is_preferred() -> None:
     ]
 
 
+def test_ci_lists_in_another_order_are_the_same_layout() -> None:
+    a = InstanceSpec("3g.40gb", compute=("1c.3g.40gb", "2c.3g.40gb"))
+    b = InstanceSpec("3g.40gb", compute=("2c.3g.40gb", "1c.3g.40gb"))
+    current = (make_gi(H100, 1, "3g.40gb", 4, cis=(("2c.3g.40gb", 0), ("1c.3g.40gb", 2))),)
+    first = solve_gis(GPU, H100, current, (InstanceSpec("1g.10gb"), a))
+    assert [(s, pl.start, k) for s, pl, k in first] == [
+        (InstanceSpec("1g.10gb"), 0, None),
+        (a, 4, current[0]),
+    ]
+    assert solve_gis(GPU, H100, (), (a, b)) == solve_gis(GPU, H100, (), (b, a))
+
+
 # --------------------------------------------------------------------------- errors
 
 
