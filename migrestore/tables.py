@@ -13,9 +13,6 @@ Rules:
 3. An unknown model name is an operator error: ``UnknownModel`` names the valid ones.
 """
 
-# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
-
 from __future__ import annotations
 
 import functools

@@ -19,9 +19,6 @@ Rules:
 Usage: ``python3 tools/gen_models.py [--reference PATH] [--out PATH] [--check]``.
 """
 
-# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
-
 from __future__ import annotations
 
 import argparse

@@ -1,0 +1,457 @@
+"""``migrestore-sim``: make and change simulated GPU state files from outside.
+
+Rules:
+
+1. Every verb that changes geometry goes through the same rule-enforcing code as the fake
+   library (``Simulator`` and ``engine``): an invalid request prints one line naming the
+   NVML error (``NVML_ERROR_INSUFFICIENT_RESOURCES``) and exits 1.
+2. Errors are one line on stderr and exit 1; usage errors exit 2 (argparse). Output that
+   is data has ``--json`` where a script would want it.
+3. ``hold`` and ``run`` register this process as a client and sleep until killed;
+   SIGTERM or SIGINT unregister it; a SIGKILLed client is pruned as dead by the next
+   access to the state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from migrestore import tables
+from migrestore.errors import MigrestoreError
+from migrestore.simulator import codes, engine
+from migrestore.simulator.core import GPU_RESET, Simulator
+from migrestore.simulator.fakelib import SYMBOL_NAMES
+from migrestore.simulator.state import current_boot_id, write_new
+
+PROG = "migrestore-sim"
+
+
+def _gpu(text: str) -> Any:
+    """--gpu: an index (digits) or a GPU UUID."""
+    return int(text) if text.isdigit() else text
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- verbs
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows: List[Dict[str, Any]] = []
+    for name, table in tables.load_models().items():
+        rows.append(
+            {
+                "model": name,
+                "nvml_name": table.nvml_name,
+                "pci_device_id": f"0x{table.pci_device_id:08X}",
+                "architecture": table.architecture,
+                "memory_mib": table.memory_mib,
+                "memory_slices": table.memory_slices,
+                "compute_slices": table.compute_slices,
+                "gi_profiles": [p.name for p in table.profiles],
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'MODEL':<24} {'NVML NAME':<46} {'ARCH':<9} {'MEMORY':>10} {'SLICES':>6}  GI PROFILES")
+    for row in rows:
+        print(
+            f"{row['model']:<24} {row['nvml_name']:<46} {row['architecture']:<9} "
+            f"{row['memory_mib']:>6} MiB {row['memory_slices']:>2}/{row['compute_slices']:<3}  "
+            + " ".join(row["gi_profiles"])
+        )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        models = engine.parse_spec(",".join(args.models))
+    except ValueError as err:
+        raise MigrestoreError(f"init: {err}") from None
+    state = engine.fresh_state(
+        models,
+        passthrough=args.passthrough,
+        permute_seed=args.permute_gi_ids,
+        boot_id=current_boot_id(),
+    )
+    write_new(args.state, state, overwrite=args.force)
+    print(f"{args.state}: {len(models)} simulated GPU(s): " + ", ".join(models))
+    return 0
+
+
+def _show_text(sim: Simulator) -> str:
+    state = sim.state()
+    lines = [
+        f"state {sim.path}  driver {state.driver_version}  boot {state.boot_id or '?'}  "
+        f"changes {state.change_count}"
+    ]
+    for gpu in state.gpus:
+        table = engine.table_of(gpu)
+        mode = f"MIG current={'on' if gpu.mig_current else 'off'} pending={'on' if gpu.mig_pending else 'off'}"
+        extras = []
+        if gpu.passthrough:
+            extras.append("passthrough")
+        if gpu.gi_id_map is not None:
+            extras.append("permuted GI IDs")
+        extra = f"  ({', '.join(extras)})" if extras else ""
+        lines.append(
+            f"GPU {gpu.index} {gpu.uuid} {gpu.model} ({table.nvml_name}) {gpu.pci_bus_id}  "
+            f"{mode}{extra}"
+        )
+        if gpu.holders:
+            lines.append("  held by pid " + ", ".join(str(p) for p in gpu.holders))
+        for gi in sorted(gpu.gis, key=lambda g: g.start):
+            profile = engine.gi_profile(table, gi)
+            lines.append(f"  GI {gi.id} {profile.name} at {gi.start}:{gi.size}")
+            for ci in sorted(gi.cis, key=lambda c: c.start):
+                ci_prof = engine.ci_profile(profile, ci.profile_id)
+                name = ci_prof.name if ci_prof is not None else f"profile {ci.profile_id}"
+                pids = f"  pids {', '.join(str(p) for p in ci.pids)}" if ci.pids else ""
+                lines.append(f"    CI {ci.id} {name} at {ci.start}:{ci.size} {ci.uuid}{pids}")
+    for fault in state.faults:
+        lines.append(
+            f"fault: call {fault.nth} of {fault.function} fails with {fault.error} "
+            f"({fault.seen} call(s) seen)"
+        )
+    for function, us in sorted(state.latency_us.items()):
+        lines.append(f"latency: {function} {us} us")
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    sim = Simulator(args.state)
+    try:
+        if args.json:
+            print(json.dumps(sim.snapshot(), indent=1))
+        else:
+            print(_show_text(sim))
+    finally:
+        sim.close()
+    return 0
+
+
+def _wait_until_killed(cleanup: Callable[[], None]) -> int:
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while True:
+            signal.pause()
+    finally:
+        try:
+            cleanup()
+        except MigrestoreError as err:
+            print(f"{PROG}: {err}", file=sys.stderr)
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    sim = Simulator(args.state)
+    pid = sim.hold(args.gpu)
+    uuid = _uuid_of(sim, args.gpu)
+    print(f"holding GPU {args.gpu} ({uuid}) as pid {pid}", flush=True)
+    return _wait_until_killed(lambda: sim.release(args.gpu, pid))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    sim = Simulator(args.state)
+    ci_id, mig_uuid = sim.run_process(args.gpu, args.gi, args.ci)
+    print(
+        f"running on GPU {args.gpu} GI {args.gi} CI {ci_id} ({mig_uuid}) as pid {os.getpid()}",
+        flush=True,
+    )
+    return _wait_until_killed(lambda: sim.stop_process())
+
+
+def _uuid_of(sim: Simulator, gpu: Any) -> str:
+    state = sim.state()
+    if isinstance(gpu, int):
+        return state.gpus[gpu].uuid
+    return str(gpu)
+
+
+def _with_sim(args: argparse.Namespace, action: Callable[[Simulator], Optional[str]]) -> int:
+    sim = Simulator(args.state)
+    try:
+        message = action(sim)
+    finally:
+        sim.close()
+    if message:
+        print(message)
+    return 0
+
+
+def cmd_fail(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.fail(args.call, args.nth, args.error)
+        name = codes.name_of(codes.parse_error_name(args.error))
+        return f"call {args.nth} of {args.call} from now fails with {name}"
+
+    return _with_sim(args, act)
+
+
+def cmd_clear_faults(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.clear_faults()
+        return "faults cleared"
+
+    return _with_sim(args, act)
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    function = "*" if args.all else args.call
+
+    def act(sim: Simulator) -> str:
+        sim.latency(args.us, function)
+        target = "every call" if function == "*" else function
+        return f"latency of {target}: {args.us} us"
+
+    return _with_sim(args, act)
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.reboot()
+        return "rebooted: instances and clients are gone"
+
+    return _with_sim(args, act)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.reset_gpu(args.gpu)
+        return f"GPU {args.gpu} reset"
+
+    return _with_sim(args, act)
+
+
+def cmd_set_mode(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        status = sim.set_mode(args.gpu, args.mode == "on", via=PROG)
+        return f"GPU {args.gpu}: MIG mode {args.mode}: activation {status}"
+
+    return _with_sim(args, act)
+
+
+def cmd_create_gi(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        gi_id = sim.create_gi(args.gpu, args.profile, args.placement, via=PROG)
+        return f"GPU {args.gpu}: created GI {gi_id} ({args.profile})"
+
+    return _with_sim(args, act)
+
+
+def cmd_create_ci(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        ci_id = sim.create_ci(args.gpu, args.gi, args.profile, args.placement, via=PROG)
+        return f"GPU {args.gpu}: created CI {ci_id} in GI {args.gi}"
+
+    return _with_sim(args, act)
+
+
+def cmd_destroy_ci(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.destroy_ci(args.gpu, args.gi, args.ci, via=PROG)
+        return f"GPU {args.gpu}: destroyed CI {args.ci} in GI {args.gi}"
+
+    return _with_sim(args, act)
+
+
+def cmd_destroy_gi(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.destroy_gi(args.gpu, args.gi, via=PROG)
+        return f"GPU {args.gpu}: destroyed GI {args.gi}"
+
+    return _with_sim(args, act)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Simulated NVIDIA MIG GPUs for migrestore: make a state file, then point "
+            "'migrestore --simulate STATE' (or the tests) at it. Verbs that change the "
+            "geometry follow the same rules as NVML."
+        ),
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    def verb(name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        return p
+
+    def state_arg(p: Any) -> None:
+        p.add_argument("state", metavar="STATE", help="the simulator state file")
+
+    def gpu_arg(p: Any) -> None:
+        p.add_argument(
+            "--gpu", type=_gpu, required=True, metavar="N", help="GPU index (or GPU UUID)"
+        )
+
+    p = verb("models", cmd_models, "list the GPU models the simulator has tables for")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = verb("init", cmd_init, "create a state file with fresh GPUs (MIG off, no instances)")
+    state_arg(p)
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL[:COUNT]",
+        help="GPU models in index order, e.g. h100-80gb-hbm3:8 (see 'models')",
+    )
+    p.add_argument(
+        "--passthrough",
+        action="store_true",
+        help="GPUs cannot be reset (a VM's passthrough GPU): Ampere mode changes need a reboot",
+    )
+    p.add_argument(
+        "--permute-gi-ids",
+        type=int,
+        metavar="SEED",
+        help="shuffle GI IDs per GPU (deterministic from SEED) so callers must read them back",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing state file")
+
+    p = verb("show", cmd_show, "show modes, instances, holders, faults and the change count")
+    state_arg(p)
+    p.add_argument("--json", action="store_true", help="print the state document as JSON")
+
+    p = verb(
+        "hold",
+        cmd_hold,
+        "hold a GPU open as a client (like DCGM) until killed; SIGTERM/SIGINT release it",
+    )
+    state_arg(p)
+    gpu_arg(p)
+
+    p = verb(
+        "run",
+        cmd_run,
+        "run as a process on a MIG device until killed; SIGTERM/SIGINT end it",
+    )
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument("--gi", type=int, required=True, metavar="GI_ID", help="GPU instance ID")
+    p.add_argument(
+        "--ci", type=int, metavar="CI_ID", help="compute instance ID (default: the lowest)"
+    )
+
+    p = verb(
+        "fail",
+        cmd_fail,
+        "make the Nth call of an NVML function (counted from now, in every process) fail once",
+    )
+    p.epilog = "NVML functions: " + ", ".join((*SYMBOL_NAMES, GPU_RESET))
+    state_arg(p)
+    p.add_argument(
+        "--call",
+        required=True,
+        metavar="NVML_FUNCTION",
+        help="C symbol, e.g. nvmlDeviceCreateGpuInstanceWithPlacement; gpu_reset for a reset",
+    )
+    p.add_argument("--nth", type=_positive, default=1, metavar="N", help="which call (1 = next)")
+    p.add_argument(
+        "--error", required=True, metavar="NVML_ERROR_NAME", help="e.g. NVML_ERROR_IN_USE"
+    )
+
+    p = verb("clear-faults", cmd_clear_faults, "remove every armed fault")
+    state_arg(p)
+
+    p = verb("latency", cmd_latency, "add a delay to NVML calls (for benchmarks)")
+    state_arg(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every call")
+    which.add_argument("--call", metavar="NVML_FUNCTION", help="one C symbol")
+    p.add_argument(
+        "--us", type=_non_negative, required=True, metavar="N", help="microseconds (0: remove)"
+    )
+
+    p = verb(
+        "reboot",
+        cmd_reboot,
+        "reboot now: Hopper+ lose MIG mode, Ampere keeps it; instances and clients are gone",
+    )
+    state_arg(p)
+
+    p = verb("reset", cmd_reset, "reset a GPU (nvidia-smi --gpu-reset): pending mode takes effect")
+    state_arg(p)
+    gpu_arg(p)
+
+    p = verb("set-mode", cmd_set_mode, "change MIG mode behind migrestore's back")
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument("mode", choices=("on", "off"), help="the new MIG mode")
+
+    p = verb("create-gi", cmd_create_gi, "create a GPU instance behind migrestore's back")
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument("--profile", required=True, metavar="NAME", help="GI profile, e.g. 3g.40gb")
+    p.add_argument(
+        "--placement",
+        type=_non_negative,
+        metavar="START",
+        help="start memory slice (default: where the driver would put it)",
+    )
+
+    p = verb("create-ci", cmd_create_ci, "create a compute instance behind migrestore's back")
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument("--gi", type=int, required=True, metavar="GI_ID", help="GPU instance ID")
+    p.add_argument(
+        "--profile", metavar="NAME", help="CI profile, e.g. 1c.3g.40gb (default: the whole GI)"
+    )
+    p.add_argument(
+        "--placement", type=_non_negative, metavar="START", help="start compute slice in the GI"
+    )
+
+    p = verb("destroy-ci", cmd_destroy_ci, "destroy a compute instance behind migrestore's back")
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument("--gi", type=int, required=True, metavar="GI_ID", help="GPU instance ID")
+    p.add_argument("--ci", type=int, required=True, metavar="CI_ID", help="compute instance ID")
+
+    p = verb("destroy-gi", cmd_destroy_gi, "destroy a GPU instance behind migrestore's back")
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument("--gi", type=int, required=True, metavar="GI_ID", help="GPU instance ID")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except MigrestoreError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
