@@ -31,10 +31,6 @@ Rules:
    and holds new ones back until NVML is open again; cached handles are dropped.
 """
 
-# The team targets Python 3.9 with typing.Optional/Tuple/Dict (see docs/ARCHITECTURE.md);
-# ruff's pyupgrade rules would rewrite them to the 3.10 spelling.
-# ruff: noqa: UP006, UP035, UP045
-
 from __future__ import annotations
 
 import ctypes
@@ -329,17 +325,35 @@ class Nvml:
             from migrestore import simulator
 
             self.simulator = simulator.attach(pynvml, self.simulate)
-        self._init()
+        try:
+            self._init()
+        except DriverUnavailable:
+            self._detach()
+            raise
         self._open = True
 
     def close(self) -> None:
-        """Shut NVML down. Raises ``NvmlError`` if ``nvmlShutdown`` fails."""
+        """Shut NVML down and take the simulator (if any) from beneath pynvml.
+
+        Raises:
+            NvmlError: ``nvmlShutdown`` failed.
+        """
         if not self._open:
             return
         self._open = False
         self._gpus = None
-        with _nvml("NVML: shut down"):
-            pynvml.nvmlShutdown()
+        try:
+            with _nvml("NVML: shut down"):
+                pynvml.nvmlShutdown()
+        finally:
+            self._detach()
+
+    def _detach(self) -> None:
+        if self.simulator is not None:
+            from migrestore import simulator
+
+            simulator.detach(pynvml)
+            self.simulator = None
 
     def _init(self) -> None:
         try:
@@ -613,9 +627,10 @@ class Nvml:
                 found.append(
                     (GpuInstance(gi_id, int(info.profileId), profile.name, placement), cis)
                 )
-        if not any(cis for _, cis in found):
+        ci_count = sum(len(cis) for _, cis in found)
+        if not ci_count:
             return tuple(sorted((gi for gi, _ in found), key=lambda g: g.placement))
-        devices = self._mig_devices(gpu)
+        devices = self._mig_devices(gpu, want=ci_count)
         instances = []
         for gi, cis in found:
             full = []
@@ -664,12 +679,13 @@ class Nvml:
         return cis
 
     def _mig_devices(
-        self, gpu: _Gpu, stop_at: Optional[Tuple[int, int]] = None
+        self, gpu: _Gpu, stop_at: Optional[Tuple[int, int]] = None, want: int = 0
     ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]]:
         """(GI ID, CI ID) -> (MIG device UUID, pids), from the MIG device handles.
 
         Indices without a device answer NOT_FOUND or INVALID_ARGUMENT and are skipped.
-        With ``stop_at`` the scan ends at that CI and reads no processes."""
+        The scan ends once ``want`` devices are found (the CIs just listed); with
+        ``stop_at`` it ends at that CI and reads no processes."""
         with _nvml(f"{gpu.label}: read the MIG device count"):
             count = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu.handle))
         devices: Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]] = {}
@@ -692,6 +708,8 @@ class Nvml:
                     return {key: (mig_uuid, ())}
                 continue
             devices[key] = (mig_uuid, self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})"))
+            if want and len(devices) >= want:
+                break
         return devices
 
     @staticmethod

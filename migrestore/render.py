@@ -12,10 +12,6 @@ Rules:
    ``nvidia-smi mig -cci``/``-C`` creates by default.
 """
 
-# The team targets Python 3.9 with typing.Optional/Tuple/Dict (see docs/ARCHITECTURE.md);
-# ruff's pyupgrade rules would rewrite them to the 3.10 spelling.
-# ruff: noqa: UP006, UP035
-
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Tuple
 
 from migrestore import render
 from migrestore.model import (
@@ -41,7 +42,7 @@ def _identity(index: int, uuid: str, capable: bool = True) -> GpuIdentity:
     )
 
 
-def _observed() -> tuple:  # type: ignore[type-arg]
+def _observed() -> Tuple[GpuState, ...]:
     gis = (
         GpuInstance(
             2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -16,7 +17,7 @@ WHAT = "GPU 0 (GPU-a2df41b2-0ba1-1d44-e4c4-79338246060e): reset the GPU"
 
 
 @pytest.fixture
-def tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Path]:
     """Install a stand-in nvidia-smi whose body the test gives; returns the args file."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -32,13 +33,13 @@ def tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-un
     return install
 
 
-def test_success_resets_the_gpu_by_bus_id(tool) -> None:  # type: ignore[no-untyped-def]
+def test_success_resets_the_gpu_by_bus_id(tool: Callable[[str], Path]) -> None:
     args = tool('echo "GPU 00000000:18:00.0 was successfully reset."\nexit 0')
     run_reset_tool(BUS, WHAT)
     assert args.read_text().split() == ["--gpu-reset", "-i", BUS]
 
 
-def test_exit_code_is_named_as_the_nvml_return_code(tool) -> None:  # type: ignore[no-untyped-def]
+def test_exit_code_is_named_as_the_nvml_return_code(tool: Callable[[str], Path]) -> None:
     tool('echo "Insufficient Permissions"\nexit 4')
     with pytest.raises(NvmlError) as info:
         run_reset_tool(BUS, WHAT)
@@ -51,7 +52,7 @@ def test_exit_code_is_named_as_the_nvml_return_code(tool) -> None:  # type: igno
     )
 
 
-def test_gpu_in_use_is_in_use(tool) -> None:  # type: ignore[no-untyped-def]
+def test_gpu_in_use_is_in_use(tool: Callable[[str], Path]) -> None:
     tool(
         'echo "GPU 00000000:18:00.0 is currently in use by another process." >&2\n'
         'echo "1 device is currently being used by one or more other processes" >&2\n'
@@ -66,7 +67,7 @@ def test_gpu_in_use_is_in_use(tool) -> None:  # type: ignore[no-untyped-def]
     assert str(info.value).startswith(WHAT)
 
 
-def test_other_failure_is_unknown_with_the_tool_message(tool) -> None:  # type: ignore[no-untyped-def]
+def test_other_failure_is_unknown_with_the_tool_message(tool: Callable[[str], Path]) -> None:
     tool('echo "Unable to reset this GPU." >&2\nexit 255')
     with pytest.raises(NvmlError) as info:
         run_reset_tool(BUS, WHAT)
@@ -82,7 +83,7 @@ def test_missing_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "cannot run `nvidia-smi --gpu-reset -i" in str(info.value)
 
 
-def test_hung_tool_is_killed(tool) -> None:  # type: ignore[no-untyped-def]
+def test_hung_tool_is_killed(tool: Callable[[str], Path]) -> None:
     tool('/bin/sleep 60 &\necho $! > "$0.child"\nexec /bin/sleep 60')
     with pytest.raises(NvmlError) as info:
         run_reset_tool(BUS, WHAT, timeout=0.3)

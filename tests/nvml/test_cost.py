@@ -1,0 +1,63 @@
+"""What an observe costs in NVML calls: the profile tables are read once per session and
+MIG mode, so a converged observe of 8 GPUs reads only the mode and the geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from migrestore.model import Placement
+from migrestore.nvml import Nvml
+from migrestore.simulator.engine import fresh_state
+from migrestore.simulator.state import write_new
+from tests.nvml.support import count_calls
+
+# Never called by an observe once the tables are cached.
+TABLE_CALLS = (
+    "nvmlDeviceGetGpuInstanceProfileInfoV",
+    "nvmlDeviceGetGpuInstancePossiblePlacements_v2",
+    "nvmlGpuInstanceGetComputeInstanceProfileInfoV",
+    "nvmlGpuInstanceGetComputeInstancePossiblePlacements",
+    "nvmlDeviceGetCount_v2",
+    "nvmlDeviceGetHandleByIndex_v2",
+    "nvmlDeviceGetPciInfo_v3",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetArchitecture",
+)
+
+
+def test_converged_observe_of_8_h100_reads_only_mode_and_geometry(tmp_path: Path) -> None:
+    path = str(tmp_path / "sim.json")
+    write_new(path, fresh_state(["h100-80gb-hbm3"] * 8))
+    with Nvml(simulate=path) as nv:
+        for gpu in nv.observe():
+            assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
+            for start in range(7):
+                gi = nv.create_gi(gpu.uuid, 19, Placement(start, 1))  # 1g.10gb
+                nv.create_ci(gpu.uuid, gi.gi_id, 0, None)
+    # a new session (the daemon after a restart) on the converged GPUs
+    with Nvml(simulate=path) as nv:
+        counter = count_calls()
+        first = nv.observe()
+        cold = counter.total
+        counter.clear()
+        second = nv.observe()
+        steady = counter.total
+        assert second == first
+        assert sum(len(gpu.instances) for gpu in second) == 56
+        assert all(ci.uuid for gpu in second for gi in gpu.instances for ci in gi.cis)
+        assert not any(counter.calls[name] for name in TABLE_CALLS)
+        # per GPU: the mode (1), the GIs of each of the 7 profiles (7), per GI its info,
+        # its CIs and their info (3), per MIG device its handle, IDs, UUID and processes
+        # (5), and the MIG device count (1): 65
+        assert counter.calls["nvmlDeviceGetMigMode"] == 8
+        assert steady <= 8 * 65
+        assert cold > steady
+    print(f"observe of 8 converged H100s: {cold} NVML calls cold, {steady} steady")
+
+
+def test_mig_off_observe_is_one_call_per_gpu() -> None:
+    with Nvml(simulate="h100-80gb-hbm3:8") as nv:
+        nv.observe()
+        counter = count_calls()
+        nv.observe()
+        assert dict(counter.calls) == {"nvmlDeviceGetMigMode": 8}

@@ -1,0 +1,422 @@
+"""The production NVML layer on the simulator, for every shipped model: the real pynvml
+runs unchanged on the simulated C library beneath it."""
+
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import pytest
+
+from migrestore import tables
+from migrestore.errors import NvmlError
+from migrestore.model import GiProfile, GpuState, Placement
+from migrestore.nvml import Nvml
+from tests.nvml.support import AMPERE, MODELS, NOT_AMPERE, count_calls
+
+
+def _enabled(nv: Nvml) -> str:
+    """Enable MIG on the only GPU of the session; its UUID."""
+    (gpu,) = nv.observe()
+    assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
+    return gpu.uuid
+
+
+def _geometry(gpu: GpuState) -> Tuple[Tuple[object, ...], ...]:
+    """GIs as (GI ID, profile, placement, ((CI ID, profile, placement), ...))."""
+    return tuple(
+        (
+            gi.gi_id,
+            gi.profile,
+            gi.placement,
+            tuple((c.ci_id, c.profile, c.placement) for c in gi.cis),
+        )
+        for gi in gpu.instances
+    )
+
+
+# --------------------------------------------------------------------------- observe
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_observe_reads_identity_and_the_model_table(model: str) -> None:
+    table = tables.model(model)
+    with Nvml(simulate=model) as nv:
+        (gpu,) = nv.observe()
+        ident = gpu.identity
+        assert ident.index == 0
+        assert ident.uuid.startswith("GPU-")
+        assert ident.name == table.nvml_name
+        assert ident.pci_device_id == table.pci_device_id
+        assert ident.pci_bus_id.count(":") == 2
+        assert ident.architecture == table.architecture
+        assert ident.mig_capable
+        assert (gpu.mig_current, gpu.mig_pending) == (False, False)
+        assert gpu.instances == ()
+        # profile table (with CI lists from the bundled table: no GI exists yet)
+        assert gpu.profiles == table.profiles
+        # and the same once MIG is on
+        assert nv.set_mig_mode(ident.uuid, True) == "NVML_SUCCESS"
+        again = nv.observe_gpu(ident.uuid)
+        assert (again.mig_current, again.mig_pending) == (True, True)
+        assert again.profiles == table.profiles
+        assert again.instances == ()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ci_profiles_read_from_a_gi_equal_the_model_table(model: str) -> None:
+    table = tables.model(model)
+    with Nvml(simulate=model) as nv:
+        uuid = _enabled(nv)
+        counter = count_calls()
+        for profile in table.profiles:
+            gi = nv.create_gi(uuid, profile.id, profile.placements[0])
+            counter.clear()
+            observed = nv.observe_gpu(uuid).profile_by_id(profile.id)
+            assert observed is not None
+            assert observed.ci_profiles == profile.ci_profiles
+            if profile.ci_profiles:
+                # read from the GI (not the bundled table) ...
+                assert counter.calls["nvmlGpuInstanceGetComputeInstanceProfileInfoV"] > 0
+            counter.clear()
+            nv.observe_gpu(uuid)
+            # ... once per session
+            assert counter.calls["nvmlGpuInstanceGetComputeInstanceProfileInfoV"] == 0
+            nv.destroy_gi(uuid, gi.gi_id)
+        assert nv.observe_gpu(uuid).profiles == table.profiles
+
+
+def test_several_gpus_by_index() -> None:
+    with Nvml(simulate="h100-80gb-hbm3:2,a100-sxm4-40gb") as nv:
+        observed = nv.observe()
+        assert [g.index for g in observed] == [0, 1, 2]
+        assert [g.identity.name for g in observed] == [
+            "NVIDIA H100 80GB HBM3",
+            "NVIDIA H100 80GB HBM3",
+            tables.model("a100-sxm4-40gb").nvml_name,
+        ]
+        assert len({g.uuid for g in observed}) == 3
+        assert len({g.identity.pci_bus_id for g in observed}) == 3
+        assert [nv.observe_gpu(g.uuid) for g in observed] == list(observed)
+        assert nv.driver_version() == "580.159.04"
+
+
+# --------------------------------------------------------------------------- GIs
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_create_gi_at_every_possible_placement(model: str) -> None:
+    table = tables.model(model)
+    with Nvml(simulate=model) as nv:
+        uuid = _enabled(nv)
+        for profile in table.profiles:
+            for placement in profile.placements:
+                gi = nv.create_gi(uuid, profile.id, placement)
+                assert (gi.profile_id, gi.profile, gi.placement, gi.cis) == (
+                    profile.id,
+                    profile.name,
+                    placement,
+                    (),
+                )
+                observed = nv.observe_gpu(uuid)
+                assert _geometry(observed) == ((gi.gi_id, profile.name, placement, ()),)
+                assert observed.instances[0].profile_id == profile.id
+                nv.destroy_gi(uuid, gi.gi_id)
+                assert nv.observe_gpu(uuid).instances == ()
+
+
+def test_gis_sorted_by_placement_with_driver_ids() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        made = [
+            nv.create_gi(uuid, 19, Placement(6, 1)),
+            nv.create_gi(uuid, 9, Placement(0, 4)),
+            nv.create_gi(uuid, 14, Placement(4, 2)),
+        ]
+        observed = nv.observe_gpu(uuid)
+        assert [gi.placement for gi in observed.instances] == [
+            Placement(0, 4),
+            Placement(4, 2),
+            Placement(6, 1),
+        ]
+        assert sorted(gi.gi_id for gi in observed.instances) == sorted(g.gi_id for g in made)
+        assert len({gi.gi_id for gi in made}) == 3
+
+
+# --------------------------------------------------------------------------- CIs
+
+
+def _with_cis(model: str) -> Tuple[GiProfile, ...]:
+    return tuple(p for p in tables.model(model).profiles if p.ci_profiles)
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if _with_cis(m)])
+def test_create_ci_at_every_placement_and_by_default(model: str) -> None:
+    with Nvml(simulate=model) as nv:
+        uuid = _enabled(nv)
+        for profile in _with_cis(model):
+            gi = nv.create_gi(uuid, profile.id, profile.placements[-1])
+            for ci_profile in profile.ci_profiles:
+                for placement in ci_profile.placements:
+                    ci = nv.create_ci(uuid, gi.gi_id, ci_profile.id, placement)
+                    assert (ci.profile_id, ci.profile, ci.placement, ci.pids) == (
+                        ci_profile.id,
+                        ci_profile.name,
+                        placement,
+                        (),
+                    )
+                    assert ci.uuid.startswith("MIG-")
+                    (observed,) = nv.observe_gpu(uuid).instances
+                    assert observed.gi_id == gi.gi_id
+                    assert observed.cis == (ci,)
+                    nv.destroy_ci(uuid, gi.gi_id, ci.ci_id)
+                # no placement: the driver chooses one of the possible ones
+                ci = nv.create_ci(uuid, gi.gi_id, ci_profile.id, None)
+                assert ci.placement in ci_profile.placements
+                assert ci.profile == ci_profile.name
+                (observed,) = nv.observe_gpu(uuid).instances
+                assert observed.cis == (ci,)
+                nv.destroy_ci(uuid, gi.gi_id, ci.ci_id)
+            nv.destroy_gi(uuid, gi.gi_id)
+
+
+def test_cis_filling_a_gi_are_sorted_with_distinct_mig_uuids() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        gi = nv.create_gi(uuid, 0, Placement(0, 8))  # 7g.80gb
+        for start in (6, 0, 3, 1, 5, 2, 4):
+            nv.create_ci(uuid, gi.gi_id, 0, Placement(start, 1))  # 1c.7g.80gb
+        (observed,) = nv.observe_gpu(uuid).instances
+        assert [ci.placement.start for ci in observed.cis] == list(range(7))
+        assert {ci.profile for ci in observed.cis} == {"1c.7g.80gb"}
+        uuids = [ci.uuid for ci in observed.cis]
+        assert all(u.startswith("MIG-") for u in uuids)
+        assert len(set(uuids)) == 7
+
+
+def test_processes_on_a_mig_device_are_observed() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        gi = nv.create_gi(uuid, 9, Placement(4, 4))
+        first = nv.create_ci(uuid, gi.gi_id, 0, Placement(0, 1))
+        second = nv.create_ci(uuid, gi.gi_id, 0, Placement(1, 1))
+        assert nv.simulator is not None
+        ci_id, mig_uuid = nv.simulator.run_process(uuid, gi.gi_id, second.ci_id)
+        assert (ci_id, mig_uuid) == (second.ci_id, second.uuid)
+        (observed,) = nv.observe_gpu(uuid).instances
+        by_id = {ci.ci_id: ci for ci in observed.cis}
+        assert by_id[second.ci_id].pids == (os.getpid(),)
+        assert by_id[first.ci_id].pids == ()
+        assert observed.pids == (os.getpid(),)
+        with pytest.raises(NvmlError) as info:
+            nv.destroy_ci(uuid, gi.gi_id, second.ci_id)
+        assert info.value.nvml_error == "NVML_ERROR_IN_USE"
+        nv.simulator.stop_process()
+        nv.destroy_ci(uuid, gi.gi_id, second.ci_id)
+        (observed,) = nv.observe_gpu(uuid).instances
+        assert [ci.ci_id for ci in observed.cis] == [first.ci_id]
+
+
+# --------------------------------------------------------------------------- MIG mode
+
+
+@pytest.mark.parametrize("model", NOT_AMPERE)
+def test_mode_changes_at_once_after_ampere(model: str) -> None:
+    with Nvml(simulate=model) as nv:
+        (gpu,) = nv.observe()
+        assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
+        assert nv.mig_mode(gpu.uuid) == (True, True)
+        assert nv.set_mig_mode(gpu.uuid, False) == "NVML_SUCCESS"
+        assert nv.mig_mode(gpu.uuid) == (False, False)
+        assert nv.observe_gpu(gpu.uuid).mig_current is False
+
+
+@pytest.mark.parametrize("model", AMPERE)
+def test_ampere_held_by_a_client_stays_pending_until_reset(model: str) -> None:
+    with Nvml(simulate=model) as nv:
+        (gpu,) = nv.observe()
+        sim = nv.simulator
+        assert sim is not None
+        sim.hold(gpu.uuid)
+        assert nv.set_mig_mode(gpu.uuid, True) == "NVML_ERROR_IN_USE"
+        assert nv.mig_mode(gpu.uuid) == (False, True)
+        pending = nv.observe_gpu(gpu.uuid)
+        assert (pending.mig_current, pending.mig_pending) == (False, True)
+        assert pending.instances == ()
+        # the reset is refused while the client holds the GPU
+        with pytest.raises(NvmlError) as info:
+            nv.reset_gpu(gpu.uuid)
+        assert info.value.nvml_error == "NVML_ERROR_IN_USE"
+        assert nv.mig_mode(gpu.uuid) == (False, True)
+        sim.release(gpu.uuid)
+        nv.reset_gpu(gpu.uuid)
+        assert nv.mig_mode(gpu.uuid) == (True, True)
+        active = nv.observe_gpu(gpu.uuid)
+        assert active.mig_current
+        assert active.profiles == tables.model(model).profiles
+        # an idle Ampere GPU switches without a reset
+        assert nv.set_mig_mode(gpu.uuid, False) == "NVML_SUCCESS"
+        assert nv.mig_mode(gpu.uuid) == (False, False)
+
+
+def test_reset_destroys_instances() -> None:
+    with Nvml(simulate="a100-80gb") as nv:
+        uuid = _enabled(nv)
+        gi = nv.create_gi(uuid, 9, Placement(4, 4))
+        nv.create_ci(uuid, gi.gi_id, 2, None)
+        assert len(nv.observe_gpu(uuid).instances) == 1
+        nv.reset_gpu(uuid)
+        after = nv.observe_gpu(uuid)
+        assert after.instances == ()
+        assert after.mig_current
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_create_gi_with_mig_off_names_gpu_and_object() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        (gpu,) = nv.observe()
+        with pytest.raises(NvmlError) as info:
+            nv.create_gi(gpu.uuid, 9, Placement(4, 4))
+        err = info.value
+        assert err.nvml_error == "NVML_ERROR_NOT_SUPPORTED"
+        assert err.code == 3
+        assert str(err) == (
+            f"GPU 0 ({gpu.uuid}): create GI 3g.40gb at 4:4: NVML_ERROR_NOT_SUPPORTED"
+        )
+        assert err.exit_code == 1
+
+
+def test_overlap_is_insufficient_resources() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        nv.create_gi(uuid, 9, Placement(4, 4))
+        with pytest.raises(NvmlError) as info:
+            nv.create_gi(uuid, 14, Placement(4, 2))
+        assert info.value.nvml_error == "NVML_ERROR_INSUFFICIENT_RESOURCES"
+        assert info.value.code == 23
+        assert str(info.value) == (
+            f"GPU 0 ({uuid}): create GI 2g.20gb at 4:2: NVML_ERROR_INSUFFICIENT_RESOURCES"
+        )
+
+
+def test_injected_fault_keeps_the_nvml_name() -> None:
+    with Nvml(simulate="h100-80gb-hbm3:2") as nv:
+        second = nv.observe()[1].uuid
+        assert nv.set_mig_mode(second, True) == "NVML_SUCCESS"
+        assert nv.simulator is not None
+        nv.simulator.fail("nvmlDeviceCreateGpuInstanceWithPlacement", 1, "NVML_ERROR_IN_USE")
+        with pytest.raises(NvmlError) as info:
+            nv.create_gi(second, 19, Placement(2, 1))
+        assert (info.value.nvml_error, info.value.code) == ("NVML_ERROR_IN_USE", 19)
+        assert str(info.value) == f"GPU 1 ({second}): create GI 1g.10gb at 2:1: NVML_ERROR_IN_USE"
+        # one-shot: the next try succeeds
+        assert nv.create_gi(second, 19, Placement(2, 1)).placement == Placement(2, 1)
+
+
+def test_destroy_errors_name_the_instance() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        gi = nv.create_gi(uuid, 14, Placement(2, 2))
+        ci = nv.create_ci(uuid, gi.gi_id, 1, None)
+        with pytest.raises(NvmlError) as info:
+            nv.destroy_gi(uuid, gi.gi_id)
+        assert info.value.nvml_error == "NVML_ERROR_IN_USE"
+        assert str(info.value) == f"GPU 0 ({uuid}): destroy GI {gi.gi_id}: NVML_ERROR_IN_USE"
+        missing = gi.gi_id + 1
+        with pytest.raises(NvmlError) as info:
+            nv.destroy_gi(uuid, missing)
+        assert info.value.nvml_error == "NVML_ERROR_NOT_FOUND"
+        assert f"GPU 0 ({uuid}): destroy GI {missing}: find GI {missing}" in str(info.value)
+        with pytest.raises(NvmlError) as info:
+            nv.destroy_ci(uuid, gi.gi_id, ci.ci_id + 1)
+        assert info.value.nvml_error == "NVML_ERROR_NOT_FOUND"
+        assert f"destroy CI {ci.ci_id + 1} in GI {gi.gi_id}" in str(info.value)
+        nv.destroy_ci(uuid, gi.gi_id, ci.ci_id)
+        nv.destroy_gi(uuid, gi.gi_id)
+        assert nv.observe_gpu(uuid).instances == ()
+
+
+def test_ci_errors_name_gpu_gi_and_profile() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        gi = nv.create_gi(uuid, 9, Placement(0, 4))
+        nv.create_ci(uuid, gi.gi_id, 0, Placement(1, 1))
+        with pytest.raises(NvmlError) as info:
+            nv.create_ci(uuid, gi.gi_id, 1, Placement(0, 2))  # 2c overlaps 1:1
+        assert info.value.nvml_error == "NVML_ERROR_INSUFFICIENT_RESOURCES"
+        assert str(info.value) == (
+            f"GPU 0 ({uuid}): create CI 2c.3g.40gb at 0:2 in GI {gi.gi_id}: "
+            "NVML_ERROR_INSUFFICIENT_RESOURCES"
+        )
+
+
+def test_unknown_gpu_is_not_found() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        with pytest.raises(NvmlError) as info:
+            nv.set_mig_mode("GPU-00000000-0000-0000-0000-000000000000", True)
+        assert info.value.nvml_error == "NVML_ERROR_NOT_FOUND"
+        assert "GPU GPU-00000000-0000-0000-0000-000000000000: not among the 1 GPUs" in str(
+            info.value
+        )
+
+
+def test_observe_failure_is_translated() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        (gpu,) = nv.observe()
+        assert nv.simulator is not None
+        nv.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_GPU_IS_LOST")
+        with pytest.raises(NvmlError) as info:
+            nv.observe()
+        assert info.value.nvml_error == "NVML_ERROR_GPU_IS_LOST"
+        assert info.value.code == 15
+        assert str(info.value) == f"GPU 0 ({gpu.uuid}): read the MIG mode: NVML_ERROR_GPU_IS_LOST"
+
+
+def test_gpu_without_mig_is_observed_as_not_capable() -> None:
+    # NVML answers GetMigMode with NOT_SUPPORTED on a GPU without MIG.
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        assert nv.simulator is not None
+        nv.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_NOT_SUPPORTED")
+        (gpu,) = nv.observe()
+        assert gpu.identity.mig_capable is False
+        assert (gpu.mig_current, gpu.mig_pending, gpu.profiles, gpu.instances) == (
+            False,
+            False,
+            (),
+            (),
+        )
+
+
+def test_set_mode_refused_is_an_error_not_a_status() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        nv.create_gi(uuid, 19, Placement(0, 1))
+        # a mode change with GIs present is refused by the call itself
+        with pytest.raises(NvmlError) as info:
+            nv.set_mig_mode(uuid, False)
+        assert info.value.nvml_error == "NVML_ERROR_IN_USE"
+        assert str(info.value) == f"GPU 0 ({uuid}): disable MIG mode: NVML_ERROR_IN_USE"
+
+
+# --------------------------------------------------------------------------- session
+
+
+def test_close_takes_the_simulator_away() -> None:
+    import pynvml
+
+    nv = Nvml(simulate="h100-80gb-hbm3")
+    with nv:
+        assert nv.simulator is not None
+        assert pynvml.nvmlLib is not None
+    assert nv.simulator is None
+    assert pynvml.nvmlLib is None
+
+
+def test_error_in_the_block_is_not_hidden_by_close() -> None:
+    with pytest.raises(NvmlError) as info, Nvml(simulate="h100-80gb-hbm3") as nv:
+        assert nv.simulator is not None
+        nv.simulator.fail("nvmlShutdown", 1, "NVML_ERROR_UNKNOWN")
+        nv.create_gi(nv.observe()[0].uuid, 19, Placement(0, 1))
+    assert info.value.nvml_error == "NVML_ERROR_NOT_SUPPORTED"
