@@ -401,8 +401,8 @@ class Nvml:
             verb = "enable" if enabled else "disable"
             with _nvml(f"{gpu.label}: {verb} MIG mode"):
                 status = pynvml.nvmlDeviceSetMigMode(gpu.handle, mode)
-            # The profile table is per MIG mode; read it again when the mode is next seen.
-            self._forget_tables(gpu)
+            # The profile table is cached per current mode (rule 5): a mode that took
+            # effect is read afresh at the next observe.
             return error_name(int(status))
 
     def create_gi(self, uuid: str, profile_id: int, placement: Placement) -> GpuInstance:

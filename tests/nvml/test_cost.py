@@ -61,3 +61,17 @@ def test_mig_off_observe_is_one_call_per_gpu() -> None:
         counter = count_calls()
         nv.observe()
         assert dict(counter.calls) == {"nvmlDeviceGetMigMode": 8}
+
+
+def test_mig_device_scan_stops_once_every_ci_is_found() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        (gpu,) = nv.observe()
+        assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
+        for start in (0, 4):
+            gi = nv.create_gi(gpu.uuid, 9, Placement(start, 4))  # 3g.40gb
+            nv.create_ci(gpu.uuid, gi.gi_id, 2, None)
+        counter = count_calls()
+        observed = nv.observe_gpu(gpu.uuid)
+        assert [len(gi.cis) for gi in observed.instances] == [1, 1]
+        assert counter.calls["nvmlDeviceGetMaxMigDeviceCount"] == 1
+        assert counter.calls["nvmlDeviceGetMigDeviceHandleByIndex"] == 2

@@ -194,6 +194,21 @@ def test_cis_filling_a_gi_are_sorted_with_distinct_mig_uuids() -> None:
         assert len(set(uuids)) == 7
 
 
+def test_cis_of_different_profiles_are_sorted_by_placement() -> None:
+    with Nvml(simulate="h100-80gb-hbm3") as nv:
+        uuid = _enabled(nv)
+        gi = nv.create_gi(uuid, 0, Placement(0, 8))  # 7g.80gb
+        nv.create_ci(uuid, gi.gi_id, 0, Placement(6, 1))  # 1c.7g.80gb
+        nv.create_ci(uuid, gi.gi_id, 2, Placement(0, 3))  # 3c.7g.80gb
+        nv.create_ci(uuid, gi.gi_id, 1, Placement(4, 2))  # 2c.7g.80gb
+        (observed,) = nv.observe_gpu(uuid).instances
+        assert [(ci.profile, ci.placement) for ci in observed.cis] == [
+            ("3c.7g.80gb", Placement(0, 3)),
+            ("2c.7g.80gb", Placement(4, 2)),
+            ("1c.7g.80gb", Placement(6, 1)),
+        ]
+
+
 def test_processes_on_a_mig_device_are_observed() -> None:
     with Nvml(simulate="h100-80gb-hbm3") as nv:
         uuid = _enabled(nv)
