@@ -6,7 +6,6 @@ come from the bundled model tables, which is data, not code under test.
 
 from __future__ import annotations
 
-# ruff: noqa: UP006, UP035, UP045
 from typing import Optional, Sequence, Tuple
 
 from migrestore import tables
@@ -82,7 +81,9 @@ def gpu(
         else:
             names = list(compute) if compute else [name]
             cis = _cis(model, name, names)
-        instances.append(GpuInstance(gi_id, profile.id, name, Placement(where.start, where.size), cis))
+        instances.append(
+            GpuInstance(gi_id, profile.id, name, Placement(where.start, where.size), cis)
+        )
     instances.sort(key=lambda g: g.placement.start)
     return GpuState(
         identity=identity(model, index, uuid=uuid, bus=bus, mig_capable=mig_capable),
