@@ -429,8 +429,9 @@ def stage_common(
     for name in ("migrestore", "migrestore-sim"):
         copy(HERE / "bin" / name, stage / "usr/bin" / name, 0o755)
     copy(root / "etc" / "migrestore.yaml", stage / CONFFILE)
-    man = (HERE / "migrestore.8").read_bytes()
-    write(stage / "usr/share/man/man8/migrestore.8.gz", gzip_bytes(man))
+    for page in ("migrestore.8", "migrestore-sim.8"):
+        man = (HERE / page).read_bytes()
+        write(stage / "usr/share/man/man8" / f"{page}.gz", gzip_bytes(man))
     doc = stage / "usr/share/doc" / NAME
     copy(root / "README.md", doc / "README.md")
     for md in sorted((root / "docs").glob("*.md")):
