@@ -24,7 +24,6 @@ Rules:
 7. A failure is one line on stderr naming what failed and the fix, and exit status 1.
 """
 
-# ruff: noqa: UP006, UP035, UP045  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import argparse

@@ -10,7 +10,6 @@ Rules:
    test failure with the builder's one-line error.
 """
 
-# ruff: noqa: UP006, UP035, UP045  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import importlib.util

@@ -5,7 +5,6 @@ What these tests stand on: the builder run as ``make packages`` runs it, and the
 produces, read with dpkg-deb and rpm.
 """
 
-# ruff: noqa: UP006, UP035, UP045  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import argparse

@@ -4,7 +4,6 @@ What these tests stand on: ``dpkg-deb`` and ``lintian`` reading the built packag
 What the maintainer scripts *do* under a running systemd is tested in tests/system.
 """
 
-# ruff: noqa: UP006, UP035  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import re

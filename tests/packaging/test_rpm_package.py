@@ -6,7 +6,6 @@ What these tests stand on: ``rpm -qp`` and ``rpmlint`` reading the built package
 .deb's equivalents are exercised under one in tests/system).
 """
 
-# ruff: noqa: UP006, UP035  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import os

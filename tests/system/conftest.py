@@ -1,6 +1,5 @@
 """Fixtures of the system tier: the built .debs, and nodes booted under a real systemd."""
 
-# ruff: noqa: UP035  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import shutil

@@ -14,7 +14,6 @@ Rules:
    (MIG mode, [(GI profile, start, size)]) per GPU index.
 """
 
-# ruff: noqa: UP006, UP035, UP045  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import json

@@ -14,7 +14,6 @@ Rules:
 4. Waiting is bounded: every wait has a deadline and fails naming what it waited for.
 """
 
-# ruff: noqa: UP006, UP035, UP045  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 import fcntl

@@ -6,7 +6,6 @@ so the tests run in file order and each starts from the state the previous one l
 layout A at boot, B after the restart, C after the reload, broken, then A again.
 """
 
-# ruff: noqa: UP035  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 from pathlib import Path

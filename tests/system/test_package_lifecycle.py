@@ -6,7 +6,6 @@ One node for the whole module, so the tests run in file order: installed and boo
 upgraded, reinstalled while disabled, removed and purged, installed again.
 """
 
-# ruff: noqa: UP035  (typing.Optional/Tuple/Dict/List: the team's 3.9 style)
 from __future__ import annotations
 
 from pathlib import Path
