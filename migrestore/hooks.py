@@ -27,8 +27,6 @@ Hook environment (``result_environment`` builds it):
 
 from __future__ import annotations
 
-# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 import contextlib
 import os
 import selectors

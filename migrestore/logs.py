@@ -29,8 +29,6 @@ calls ``get_logger(**bind)`` and logs snake_case events with keyword values.
 
 from __future__ import annotations
 
-# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 import datetime
 import json
 import logging

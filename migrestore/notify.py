@@ -20,8 +20,6 @@ Rules:
 
 from __future__ import annotations
 
-# Python 3.9 spelling (typing.Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP045
 import os
 import time
 from typing import Any, Optional

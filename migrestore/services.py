@@ -24,8 +24,6 @@ Rules:
 
 from __future__ import annotations
 
-# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 import os
 import re
 from typing import List, Optional, Sequence, Tuple

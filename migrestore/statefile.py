@@ -53,8 +53,6 @@ watch found the geometry changed under it and only warned.
 
 from __future__ import annotations
 
-# Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 import contextlib
 import datetime
 import json

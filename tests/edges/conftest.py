@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-# ruff: noqa: UP006, UP035  (typing.Tuple/Dict/List/Iterator: the team's 3.9 style)
 import io
 from typing import Iterator, List
 

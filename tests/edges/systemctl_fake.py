@@ -16,7 +16,6 @@ the files of the state directory.
 
 from __future__ import annotations
 
-# ruff: noqa: UP006, UP035  (typing.Tuple/Dict/List/Iterator: the team's 3.9 style)
 from pathlib import Path
 from typing import Dict, Iterable, List
 

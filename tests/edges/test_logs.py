@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-# ruff: noqa: UP035  (typing.Iterator: the team's 3.9 style)
 import io
 import json
 import os

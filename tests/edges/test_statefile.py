@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-# ruff: noqa: UP006, UP035  (typing.Tuple: the team's 3.9 style)
 import datetime
 import json
 import os
