@@ -76,7 +76,9 @@ __all__ = [
 ]
 
 MAX_BYTES = 1 << 20  # a config is a few KiB; anything near this is not a config
-MAX_DEPTH = 32  # our schema nests 5 deep; deeper is an attack or an accident
+# The schema nests 6 deep (top > gpus > rule > instances > entry > compute); far deeper
+# is an attack or an accident.
+MAX_DEPTH = 32
 NATIVE_VERSION = 1
 MIG_PARTED_VERSION = "v1"
 
@@ -144,7 +146,7 @@ class _Loader(yaml.SafeLoader):
                 raise _Reject(
                     line,
                     f"nesting deeper than {MAX_DEPTH} levels",
-                    "a migrestore config nests at most 5 levels",
+                    "a migrestore config nests at most 6 levels",
                 )
             try:
                 return super().compose_node(parent, index)  # type: ignore[no-any-return]
@@ -226,7 +228,7 @@ def _compose(doc: _Doc, text: str) -> yaml.Node:
     except yaml.YAMLError as exc:
         doc.fail_line(None, "", f"YAML error: {_one_line(exc)}", "check the file's syntax")
     except RecursionError:
-        doc.fail_line(None, "", "nesting too deep", "a migrestore config nests at most 5 levels")
+        doc.fail_line(None, "", "nesting too deep", "a migrestore config nests at most 6 levels")
     finally:
         if loader is not None:
             loader.dispose()
@@ -386,7 +388,7 @@ def _bool(doc: _Doc, node: yaml.Node, key: str) -> bool:
     return value
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?) *(ms|s|m|h)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -1039,7 +1041,7 @@ def _native(
     )
     vnode = entries["version"][1]
     version = _scalar(doc, vnode, "version")
-    if version != NATIVE_VERSION or isinstance(version, bool):
+    if not isinstance(version, int) or isinstance(version, bool) or version != NATIVE_VERSION:
         fix = "write 'version: 1'"
         if version == MIG_PARTED_VERSION:
             fix = "mig-parted files say version: v1 and need 'mig-configs:'; migrestore's own format says 'version: 1'"

@@ -80,6 +80,8 @@ CASES = [
     ("missing-version", "gpus: []\n", 1, "version", "missing required key"),
     ("version-2", "version: 2\ngpus: []\n", 1, "version", "unsupported version 2"),
     ("version-string", 'version: "1"\ngpus: []\n', 1, "version", "unsupported version '1'"),
+    ("version-float", "version: 1.0\ngpus: []\n", 1, "version", "unsupported version 1.0"),
+    ("version-bool", "version: true\ngpus: []\n", 1, "version", "unsupported version True"),
     ("version-v1-native", "version: v1\ngpus: []\n", 1, "version", "need 'mig-configs:'"),
     ("no-gpus", "version: 1\n", 1, "gpus", "the config declares no GPUs"),
     (
