@@ -240,7 +240,7 @@ class FakeNvmlLibrary:
         count_arg: Any,
         ctype: Any,
         items: Sequence[Any],
-        write: Callable[[Any, Any], None],
+        write: Callable[[Any, int, Any], None],
         what: str,
     ) -> None:
         """Caller-allocated output array with its count (rule 5)."""
@@ -259,7 +259,7 @@ class FakeNvmlLibrary:
         target = cabi.array(arr_arg, ctype, needed, what)
         if target is not None:
             for i, item in enumerate(items):
-                write(target[i], item)
+                write(target, i, item)
         count.value = needed
 
     # ------------------------------------------------------------------ system
@@ -709,10 +709,11 @@ def _read_placement(arg: Any) -> Placement:
     return Placement(int(raw.start), int(raw.size))
 
 
-def _write_placement(target: Any, placement: Placement) -> None:
-    target.start = placement.start
-    target.size = placement.size
+def _write_placement(target: Any, i: int, placement: Placement) -> None:
+    target[i].start = placement.start
+    target[i].size = placement.size
 
 
-def _write_pointer(target: Any, value: int) -> None:
-    target.value = value
+def _write_pointer(target: Any, i: int, value: int) -> None:
+    # An array of c_void_p reads and writes plain ints.
+    target[i] = value

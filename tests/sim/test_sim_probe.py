@@ -1,0 +1,76 @@
+"""What pynvml reads through the simulator equals what a real H100 80GB HBM3 (driver 580,
+MIG disabled) answered to the same calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pynvml
+import pytest
+
+from migrestore import simulator
+from tests.sim.support import gi_handles, gi_placements, remaining
+
+PROBE = Path("/work/shared/reference/probes/h100-80gb-hbm3-driver580.json")
+
+pytestmark = pytest.mark.skipif(
+    not PROBE.exists(), reason=f"H100 probe not on this machine ({PROBE})"
+)
+
+
+def _probe() -> Dict[str, Any]:
+    with PROBE.open(encoding="utf-8") as handle:
+        data: Dict[str, Any] = json.load(handle)
+    return data
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_pynvml_reads_the_probe_through_the_simulator(
+    attach: Callable[[str], simulator.Simulator],
+) -> None:
+    probe = _probe()
+    real = probe["devices"][0]
+    attach("h100-80gb-hbm3")
+    assert pynvml.nvmlSystemGetDriverVersion() == probe["driver"]
+    assert pynvml.nvmlSystemGetNVMLVersion() == probe["nvml_version"]
+    assert pynvml.nvmlDeviceGetCount() == probe["count"]
+    dev = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert pynvml.nvmlDeviceGetName(dev) == real["name"]
+    assert pynvml.nvmlDeviceGetArchitecture(dev) == real["arch"]
+    assert pynvml.nvmlDeviceGetMigMode(dev) == real["mig_mode"]
+    assert pynvml.nvmlDeviceGetMemoryInfo(dev).total == real["mem_total"]
+    assert pynvml.nvmlDeviceGetMaxMigDeviceCount(dev) == real["max_mig_devices"]
+    assert pynvml.nvmlDeviceGetPersistenceMode(dev) == real["persistence"]
+    for row in real["gi_profiles"]:
+        index = row["profile"]
+        if row["err"] is not None:
+            with pytest.raises(pynvml.NVMLError) as err:
+                pynvml.nvmlDeviceGetGpuInstanceProfileInfo(dev, index)
+            assert f"{type(err.value).__name__}: {err.value}" == row["err"]
+            continue
+        info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(dev, index)
+        for field in (
+            "id",
+            "isP2pSupported",
+            "sliceCount",
+            "instanceCount",
+            "multiprocessorCount",
+            "copyEngineCount",
+            "decoderCount",
+            "encoderCount",
+            "jpegCount",
+            "ofaCount",
+            "memorySizeMB",
+        ):
+            assert getattr(info, field) == row[field], (index, field)
+        assert _text(info.name) == row["name"]
+        by_id = pynvml.nvmlDeviceGetGpuInstanceProfileInfoById(dev, row["id"])
+        assert _text(by_id.name) == row["name_v"]
+        assert [list(p) for p in gi_placements(dev, row["id"])] == row["placements"]
+        assert remaining(dev, row["id"]) == row["remaining"]
+        assert len(gi_handles(dev, row["id"])) == row["gis"]
