@@ -1,0 +1,309 @@
+"""The boot service (``migrestore daemon``, the unit's ExecStart).
+
+Sequence (docs/ARCHITECTURE.md, design §2):
+
+1. Load and validate the config. Invalid: one journal line naming file:line, STATUS=,
+   exit 78, nothing touched.
+2. Wait for the driver, bounded (``driver-wait``), saying so in STATUS=; give up: 69.
+3. Under the GPU lock, converge (engine.converge): converged already means READY at once
+   with no unit stopped and no GPU touched; otherwise stop the active client units,
+   apply, verify, start exactly those units again (--no-block), hooks, CDI refresh.
+4. READY=1 with a one-line STATUS= summary; write the state file.
+5. Watch: re-observe every ``drift.interval`` and on SIGHUP (which also reloads the
+   config; a bad new config is reported and the old one kept). Drift is restored or
+   only reported, per ``drift.policy``. WATCHDOG=1 when systemd asks for it. SIGTERM
+   exits 0 and leaves the geometry as it is.
+
+Rules: one NVML session for the life of the process; signals only set flags (the loop
+acts on them), woken through a self-pipe so an idle daemon sleeps in select().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from typing import Any, List, Optional, Tuple
+
+from migrestore import config as configmod
+from migrestore import engine, logs, statefile
+from migrestore.errors import (
+    EXIT_OK,
+    ConfigError,
+    DriverUnavailable,
+    InfeasibleError,
+    MigrestoreError,
+)
+from migrestore.lock import GpuLock
+from migrestore.model import DRIFT_IGNORE, DRIFT_RESTORE, Config, GpuState
+from migrestore.notify import Notifier
+from migrestore.nvml import Nvml
+from migrestore.services import Systemctl
+
+DRIVER_POLL = 1.0  # seconds between NVML init attempts while waiting for the driver
+LOCK_TIMEOUT = 120.0  # seconds to wait for a concurrent 'migrestore apply'
+
+
+class _Signals:
+    """SIGHUP/SIGTERM/SIGINT set flags and wake the loop through a pipe."""
+
+    def __init__(self) -> None:
+        self.reload = False
+        self.stop = False
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        signal.set_wakeup_fd(self.write_fd)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.reload = True
+
+    def _on_term(self, _signum: int, _frame: Any) -> None:
+        self.stop = True
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a signal arrives or ``timeout`` passes."""
+        if self.reload or self.stop:
+            return
+        with contextlib.suppress(InterruptedError):
+            select.select([self.read_fd], [], [], max(0.0, timeout))
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def _describe_drift(actions: Tuple[Any, ...]) -> str:
+    shown = "; ".join(a.describe() for a in actions[:3])
+    more = f" (+{len(actions) - 3} more)" if len(actions) > 3 else ""
+    return shown + more
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: str,
+        select_name: Optional[str],
+        simulate: Optional[str],
+        log: Any,
+        notifier: Notifier,
+        ctl: Optional[Systemctl] = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.select_name = select_name
+        self.simulate = simulate
+        self.log = log
+        self.notifier = notifier
+        self.ctl = ctl or Systemctl()
+        self.nv: Optional[Nvml] = None
+        self.state_path = statefile.default_path()
+        self.summary = ""  # the last one-line STATUS= summary
+
+    # ----------------------------------------------------------------- phases
+
+    def wait_for_driver(self) -> Nvml:
+        deadline = time.monotonic() + self.cfg.driver_wait
+        said = False
+        while True:
+            nv = Nvml(simulate=self.simulate)
+            try:
+                nv.open()
+                return nv
+            except DriverUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise DriverUnavailable(
+                        f"{exc} (waited {self.cfg.driver_wait:.0f}s; see driver-wait in the config)"
+                    ) from exc
+                if not said:
+                    self.log.warning("waiting_for_driver", reason=str(exc))
+                    self.notifier.status("waiting for NVIDIA driver")
+                    said = True
+                time.sleep(DRIVER_POLL)
+
+    def write_state(self, result: str, message: str, observed: Any, duration: float) -> None:
+        try:
+            statefile.write_state(
+                self.state_path, statefile.build_state(result, message, observed, duration)
+            )
+        except (OSError, MigrestoreError) as exc:
+            self.log.warning("state_file_not_written", path=self.state_path, error=str(exc))
+
+    def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
+        assert self.nv is not None
+        with GpuLock(timeout=LOCK_TIMEOUT):
+            outcome = engine.converge(
+                self.nv,
+                self.cfg,
+                log=self.log,
+                ctl=self.ctl,
+                status=self.notifier.status,
+                observed=observed,
+            )
+        result = "converged" if outcome.converged_before else "applied"
+        self.write_state(result, outcome.summary(), outcome.observed, outcome.duration)
+        for failure in outcome.hook_failures:
+            self.log.error("hook_failed", outcome=failure)
+        return outcome
+
+    def start(self) -> Optional[int]:
+        """Steps 2-4. Returns an exit code on failure, None when READY was sent."""
+        self.notifier.status("waiting for NVIDIA driver")
+        self.nv = self.wait_for_driver()
+        self.notifier.status("observing GPUs")
+        outcome = self.converge()
+        summary = self.summary = outcome.summary()
+        if outcome.converged_before:
+            self.log.info("converged", outcome=summary)
+        else:
+            self.log.info("restored", changes=outcome.changes, outcome=summary)
+        self.notifier.ready(summary)
+        return None
+
+    def check(self, reason: str) -> None:
+        """One watch tick: observe, plan, restore or report drift."""
+        assert self.nv is not None
+        observed = self.nv.observe()
+        plan, _desired = engine.make_plan(self.cfg, observed, force=False)
+        if plan.converged:
+            self.log.debug("watch", reason=reason, outcome="converged")
+            return
+        drift = _describe_drift(plan.actions)
+        policy = self.cfg.drift_policy
+        if reason == "reload" or policy == DRIFT_RESTORE:
+            if reason != "reload":
+                self.log.warning("drift_detected", outcome="restoring", drift=drift)
+            outcome = self.converge(observed)
+            self.summary = outcome.summary()
+            self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
+            self.notifier.status(self.summary)
+        elif policy == DRIFT_IGNORE:
+            self.log.debug("drift_ignored", drift=drift)
+        else:
+            self.log.warning(
+                "drift_detected", outcome="reported only (drift.policy: warn)", drift=drift
+            )
+            self.notifier.status(f"drift: {drift}")
+            self.write_state("drift", drift, observed, 0.0)
+
+    def reload(self) -> None:
+        """SIGHUP: load the config again and converge to it. A config that is invalid,
+        or infeasible on these GPUs, is reported and the previous one kept."""
+        assert self.nv is not None
+        self.notifier.reloading()
+        try:
+            new = configmod.load(self.config_path, self.select_name)
+            engine.make_plan(new, self.nv.observe(), force=True)
+        except (ConfigError, InfeasibleError) as exc:
+            self.log.error(
+                "config_reload_failed", error=str(exc), outcome="keeping the previous config"
+            )
+            self.notifier.ready(f"config reload failed, previous config kept: {exc}")
+            return
+        self.cfg = new
+        self.log.info("config_reloaded", path=self.config_path)
+        try:
+            self.check("reload")
+        except MigrestoreError as exc:
+            self.notifier.ready(f"failed: {exc}")
+            raise
+        self.notifier.ready(f"reloaded: {self.summary}")
+
+    def watch(self, signals: _Signals) -> int:
+        interval = self.cfg.drift_interval
+        watchdog = self.notifier.watchdog_interval()
+        next_check = time.monotonic() + interval
+        while True:
+            now = time.monotonic()
+            timeout = next_check - now
+            if watchdog is not None:
+                timeout = min(timeout, watchdog)
+            signals.wait(timeout)
+            if signals.stop:
+                self.log.info("stopping", outcome="geometry left as it is")
+                self.notifier.stopping()
+                return EXIT_OK
+            if watchdog is not None:
+                self.notifier.watchdog()
+            try:
+                if signals.reload:
+                    signals.reload = False
+                    self.reload()
+                    interval = self.cfg.drift_interval
+                    next_check = time.monotonic() + interval
+                elif time.monotonic() >= next_check:
+                    self.check("interval")
+                    next_check = time.monotonic() + interval
+            except MigrestoreError as exc:
+                # The watcher keeps running: a failed restore is reported and retried at
+                # the next interval (the clients it stopped were started again).
+                self.log.error("watch_failed", error=str(exc))
+                self.notifier.status(f"failed: {exc}")
+                self.write_state("failed", str(exc), (), 0.0)
+                next_check = time.monotonic() + interval
+
+    def close(self) -> None:
+        if self.nv is not None:
+            self.nv.close()
+            self.nv = None
+
+
+def run(
+    *,
+    config_path: str,
+    select: Optional[str] = None,
+    simulate: Optional[str] = None,
+    log_format: str = "auto",
+    verbose: bool = False,
+    once: bool = False,
+) -> int:
+    """The whole service lifetime; returns the exit code."""
+    logs.configure(log_format, "debug" if verbose else "info")
+    log = logs.get_logger()
+    notifier = Notifier()
+    notifier.status("loading config")
+    try:
+        cfg = configmod.load(config_path, select)
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc), outcome="nothing touched")
+        notifier.status(f"failed: {exc}")
+        return exc.exit_code
+    signals = _Signals()
+    daemon = Daemon(
+        cfg,
+        config_path=config_path,
+        select_name=select,
+        simulate=simulate,
+        log=log,
+        notifier=notifier,
+    )
+    try:
+        try:
+            daemon.start()
+        except MigrestoreError as exc:
+            log.error("failed", error=str(exc), exit_code=exc.exit_code)
+            notifier.status(f"failed: {exc}")
+            daemon.write_state("failed", str(exc), (), 0.0)
+            return exc.exit_code
+        if once:
+            return EXIT_OK
+        return daemon.watch(signals)
+    finally:
+        daemon.close()
+        signals.close()
+
+
+__all__: List[str] = ["Daemon", "run"]

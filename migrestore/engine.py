@@ -1,0 +1,146 @@
+"""One convergence pass: observe, plan, stop clients, apply, verify, restart clients.
+
+Shared by ``migrestore apply`` and the daemon, so both behave the same way.
+
+Rules:
+
+1. Nothing is touched when the plan is empty: no unit is stopped, no NVML change made.
+2. An invalid or infeasible layout is rejected by the planner before any unit is stopped.
+3. Client units are stopped only when there is something to change, and exactly the
+   units that were stopped are started again (``--no-block``), on success and on every
+   failure path.
+4. Post-apply hooks and the CDI refresh run only after a verified change.
+5. The caller holds the GPU lock for the whole pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from migrestore import config as configmod
+from migrestore import executor, hooks, planner, services
+from migrestore.errors import MigrestoreError
+from migrestore.model import RESET_ALLOW, Config, GpuState, Plan
+from migrestore.nvml import Nvml
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a pass did."""
+
+    plan: Plan
+    observed: Tuple[GpuState, ...]  # the geometry after the pass
+    changes: int = 0
+    stopped: Tuple[str, ...] = ()
+    duration: float = 0.0
+    hook_failures: Tuple[str, ...] = ()
+    unmatched: Tuple[str, ...] = ()
+    notes: Tuple[str, ...] = field(default=())
+
+    @property
+    def converged_before(self) -> bool:
+        return self.plan.converged
+
+    def summary(self) -> str:
+        """The one-line STATUS= text."""
+        mig = [g for g in self.observed if g.mig_current]
+        devices = sum(len(gi.cis) for g in mig for gi in g.instances)
+        if self.plan.converged:
+            text = f"converged: {len(mig)} MIG GPUs, {devices} MIG devices"
+        else:
+            gpus = len({a.gpu for a in self.plan.actions})
+            text = (
+                f"restored {gpus} GPU{'s' if gpus != 1 else ''}, {devices} MIG devices "
+                f"in {self.duration:.1f}s"
+            )
+        if self.unmatched:
+            text += f"; {len(self.unmatched)} GPU(s) not in the config, left as they are"
+        if self.hook_failures:
+            text += f"; {len(self.hook_failures)} hook(s) failed"
+        return text
+
+
+def make_plan(
+    cfg: Config, observed: Tuple[GpuState, ...], *, force: bool
+) -> Tuple[Plan, Dict[str, Any]]:
+    desired, unmatched = configmod.resolve(cfg, observed)
+    plan = planner.plan(desired, observed, force=force, allow_reset=cfg.ampere_reset == RESET_ALLOW)
+    if unmatched and not plan.unmatched:
+        plan = Plan(plan.gpus, tuple(unmatched), plan.notes)
+    return plan, dict(desired)
+
+
+def converge(
+    nv: Nvml,
+    cfg: Config,
+    *,
+    log: Any,
+    ctl: Optional[services.Systemctl] = None,
+    force: bool = False,
+    status: Optional[Callable[[str], None]] = None,
+    observed: Optional[Tuple[GpuState, ...]] = None,
+) -> Outcome:
+    """Bring the GPUs to ``cfg``. ``ctl`` None: no client units are managed (tests, or
+    ``apply --no-clients``).
+
+    Raises:
+        InfeasibleError, BusyError: before anything is touched.
+        ActionFailed, VerifyError, ServiceError: after the stopped units were started again.
+    """
+    say = status or (lambda _text: None)
+    started = time.monotonic()
+    before = observed if observed is not None else nv.observe()
+    plan, desired = make_plan(cfg, before, force=force)
+    for label in plan.unmatched:
+        log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+    if plan.converged:
+        return Outcome(plan, before, unmatched=plan.unmatched, notes=plan.notes)
+
+    for action in plan.actions:
+        log.debug("planned", gpu=action.gpu_index, action=action.describe())
+    stopped: Tuple[str, ...] = ()
+    if ctl is not None and cfg.clients:
+        say("stopping GPU clients")
+        stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
+    try:
+        say(f"applying {len(plan.actions)} changes")
+        result = executor.execute(
+            nv,
+            plan,
+            desired,
+            before,
+            log=log,
+            allow_reset=cfg.ampere_reset == RESET_ALLOW,
+        )
+    except MigrestoreError:
+        if ctl is not None and stopped:
+            services.start_clients(ctl, stopped, log)
+        raise
+    if ctl is not None and stopped:
+        services.start_clients(ctl, stopped, log)
+    duration = time.monotonic() - started
+    failures: Tuple[str, ...] = ()
+    if cfg.hooks:
+        say("running post-apply hooks")
+        failures = tuple(
+            hooks.run_hooks(
+                cfg.hooks,
+                log,
+                {"MIGRESTORE_RESULT": "applied", "MIGRESTORE_CHANGES": str(result.changes)},
+            )
+        )
+    cdi_error = hooks.refresh_cdi(log)
+    if cdi_error:
+        failures += (f"CDI refresh: {cdi_error}",)
+    return Outcome(
+        plan,
+        result.observed,
+        changes=result.changes,
+        stopped=stopped,
+        duration=duration,
+        hook_failures=failures,
+        unmatched=plan.unmatched,
+        notes=plan.notes,
+    )

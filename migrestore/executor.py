@@ -1,0 +1,278 @@
+"""Run a plan through the NVML layer, then verify by observing again.
+
+Rules:
+
+1. GPUs are independent: their action lists run in parallel, one thread per GPU. The
+   log lines of a GPU are buffered and written in GPU order once every GPU is done, so
+   the output is the same whatever the threads' timing.
+2. One log line per action, with GPU, action, profile, placement and outcome.
+3. Never retry blindly. A failed action stops that GPU's list; the error names the GPU,
+   the action and the NVML error. Whatever state is left, the next run plans from a
+   fresh observation and converges.
+4. A mode change is checked, never assumed: the activation status NVML returns is read,
+   and the mode is read back after the change (and after a reset).
+5. Success means the observed geometry equals the desired one: after the actions the
+   GPUs are observed again and re-planned; anything left to do is a failure.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from migrestore import planner
+from migrestore.errors import ActionFailed, MigrestoreError, NvmlError, VerifyError
+from migrestore.model import (
+    CREATE_CI,
+    CREATE_GI,
+    DESTROY_CI,
+    DESTROY_GI,
+    RESET,
+    SET_MODE,
+    Action,
+    GpuPlan,
+    GpuSpec,
+    GpuState,
+    Plan,
+)
+from migrestore.nvml import Nvml
+
+NVML_SUCCESS = "NVML_SUCCESS"
+NVML_IN_USE = "NVML_ERROR_IN_USE"
+NVML_RESET_REQUIRED = "NVML_ERROR_RESET_REQUIRED"
+
+LogRecord = Tuple[str, str, Dict[str, Any]]  # (level, event, fields)
+
+
+@dataclass(frozen=True)
+class GpuOutcome:
+    gpu: str
+    gpu_index: int
+    changes: int  # NVML calls that changed the GPU
+    error: Optional[MigrestoreError]
+    records: Tuple[LogRecord, ...]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    changes: int
+    gpus_changed: Tuple[int, ...]  # indices of GPUs that had actions
+    observed: Tuple[GpuState, ...]  # the geometry after the run, verified
+
+
+def _fields(action: Action) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {"gpu": action.gpu_index, "action": action.kind}
+    if action.profile:
+        fields["profile"] = action.profile
+    if action.placement is not None:
+        fields["placement"] = str(action.placement)
+    if action.gi_id is not None:
+        fields["gi"] = action.gi_id
+    if action.ci_id is not None:
+        fields["ci"] = action.ci_id
+    if action.kind == SET_MODE:
+        fields["mig"] = "on" if action.enabled else "off"
+    return fields
+
+
+class _GpuRun:
+    """Runs the actions of one GPU and records its log lines."""
+
+    def __init__(self, nv: Nvml, gpu_plan: GpuPlan, observed: GpuState) -> None:
+        self.nv = nv
+        self.plan = gpu_plan
+        self.uuid = gpu_plan.gpu
+        self.label = observed.label()
+        self.records: List[LogRecord] = []
+        self.changes = 0
+        # GIs are named by placement start in the plan; IDs come from the driver.
+        self.gi_ids: Dict[int, int] = {gi.placement.start: gi.gi_id for gi in observed.instances}
+        self.want_mig = gpu_plan.spec.mig if gpu_plan.spec is not None else observed.mig_current
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        self.records.append((level, event, fields))
+
+    def fail(self, action: Action, nvml_error: str, detail: str = "") -> ActionFailed:
+        fields = _fields(action)
+        self.log("error", "action", outcome="failed", nvml_error=nvml_error, **fields)
+        return ActionFailed(self.label, action.describe(), nvml_error, detail)
+
+    def run(self) -> GpuOutcome:
+        actions = self.plan.actions
+        error: Optional[MigrestoreError] = None
+        try:
+            for i, action in enumerate(actions):
+                following = actions[i + 1] if i + 1 < len(actions) else None
+                self.step(action, following)
+        except MigrestoreError as exc:
+            error = exc
+        return GpuOutcome(self.uuid, self.plan.gpu_index, self.changes, error, tuple(self.records))
+
+    def step(self, action: Action, following: Optional[Action]) -> None:
+        try:
+            if action.kind == SET_MODE:
+                self.set_mode(action, following)
+                return
+            if action.kind == RESET:
+                self.reset(action)
+                return
+            if action.kind == DESTROY_CI:
+                assert action.gi_id is not None and action.ci_id is not None
+                self.nv.destroy_ci(self.uuid, action.gi_id, action.ci_id)
+            elif action.kind == DESTROY_GI:
+                assert action.gi_id is not None
+                self.nv.destroy_gi(self.uuid, action.gi_id)
+                if action.placement is not None:
+                    self.gi_ids.pop(action.placement.start, None)
+            elif action.kind == CREATE_GI:
+                assert action.profile_id is not None and action.placement is not None
+                gi = self.nv.create_gi(self.uuid, action.profile_id, action.placement)
+                self.changes += 1
+                if gi.placement != action.placement:
+                    raise self.fail(
+                        action,
+                        "PLACEMENT_MISMATCH",
+                        f"the driver placed it at {gi.placement}",
+                    )
+                self.gi_ids[action.placement.start] = gi.gi_id
+                self.log("info", "action", outcome="ok", **_fields(action), gi=gi.gi_id)
+                return
+            elif action.kind == CREATE_CI:
+                assert action.profile_id is not None and action.gi_start is not None
+                gi_id = self.gi_ids.get(action.gi_start)
+                if gi_id is None:
+                    raise self.fail(action, "NVML_ERROR_NOT_FOUND", "its GI does not exist")
+                ci = self.nv.create_ci(self.uuid, gi_id, action.profile_id, action.placement)
+                self.changes += 1
+                self.log("info", "action", outcome="ok", **_fields(action), gi=gi_id, ci=ci.ci_id)
+                return
+            else:
+                raise MigrestoreError(f"unknown action kind {action.kind!r}")
+        except NvmlError as exc:
+            raise self.fail(action, exc.nvml_error) from exc
+        self.changes += 1
+        self.log("info", "action", outcome="ok", **_fields(action))
+
+    def set_mode(self, action: Action, following: Optional[Action]) -> None:
+        enabled = bool(action.enabled)
+        status = self.nv.set_mig_mode(self.uuid, enabled)
+        self.changes += 1
+        if status == NVML_SUCCESS:
+            current, pending = self.nv.mig_mode(self.uuid)
+            if current == enabled:
+                self.log("info", "action", outcome="ok", **_fields(action))
+                return
+            if following is not None and following.kind == RESET:
+                self.log("info", "action", outcome="pending", **_fields(action))
+                return
+            raise self.fail(
+                action,
+                "MODE_NOT_ACTIVE",
+                f"NVML accepted the change but the mode reads current={'on' if current else 'off'}, "
+                f"pending={'on' if pending else 'off'}",
+            )
+        if status == NVML_IN_USE and following is not None and following.kind == RESET:
+            self.log("info", "action", outcome="pending", activation=status, **_fields(action))
+            return
+        if status == NVML_IN_USE:
+            raise self.fail(
+                action,
+                status,
+                "the GPU is in use by another client; stop it and run again",
+            )
+        if status == NVML_RESET_REQUIRED:
+            raise self.fail(
+                action,
+                status,
+                "a GPU reset is not possible here (e.g. passthrough): reboot the node to apply the MIG mode change",
+            )
+        raise self.fail(action, status, "NVML did not activate the mode change")
+
+    def reset(self, action: Action) -> None:
+        if action.if_pending:
+            current, _pending = self.nv.mig_mode(self.uuid)
+            if current == self.want_mig:
+                self.log(
+                    "info",
+                    "action",
+                    outcome="skipped",
+                    reason="mode already active",
+                    **_fields(action),
+                )
+                return
+        try:
+            self.nv.reset_gpu(self.uuid)
+        except NvmlError as exc:
+            detail = ""
+            if exc.nvml_error == NVML_IN_USE:
+                detail = "a process still holds the GPU; stop it and run again"
+            elif exc.nvml_error == NVML_RESET_REQUIRED:
+                detail = (
+                    "this GPU cannot be reset here: reboot the node to apply the MIG mode change"
+                )
+            raise self.fail(action, exc.nvml_error, detail) from exc
+        self.changes += 1
+        current, pending = self.nv.mig_mode(self.uuid)
+        if current != self.want_mig:
+            raise self.fail(
+                action,
+                "MODE_NOT_ACTIVE",
+                f"after the reset the mode reads current={'on' if current else 'off'}, pending={'on' if pending else 'off'}",
+            )
+        # A reset destroys every instance: nothing is left to map.
+        self.gi_ids.clear()
+        self.log("info", "action", outcome="ok", **_fields(action))
+
+
+def _emit(log: Any, records: Sequence[LogRecord]) -> None:
+    for level, event, fields in records:
+        getattr(log, level)(event, **fields)
+
+
+def execute(
+    nv: Nvml,
+    plan: Plan,
+    desired: Mapping[str, Optional[GpuSpec]],
+    observed: Sequence[GpuState],
+    *,
+    log: Any,
+    allow_reset: bool = True,
+    parallel: bool = True,
+) -> ExecResult:
+    """Run ``plan`` (made from ``observed``) and verify the result against ``desired``.
+
+    Raises:
+        ActionFailed: an action failed (the first failing GPU by index is reported; the
+            other GPUs ran to their end).
+        VerifyError: every action succeeded but the GPUs do not show the desired geometry.
+    """
+    by_uuid = {g.uuid: g for g in observed}
+    work = [g for g in plan.gpus if g.actions]
+    runs = [_GpuRun(nv, g, by_uuid[g.gpu]) for g in work]
+    if parallel and len(runs) > 1:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            outcomes = list(pool.map(lambda r: r.run(), runs))
+    else:
+        outcomes = [r.run() for r in runs]
+    outcomes.sort(key=lambda o: o.gpu_index)
+    for outcome in outcomes:
+        _emit(log, outcome.records)
+    changes = sum(o.changes for o in outcomes)
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        first = failed[0].error
+        assert first is not None
+        if len(failed) > 1:
+            others = ", ".join(str(o.gpu_index) for o in failed[1:])
+            log.error("other_gpus_failed", gpus=others)
+        raise first
+    after = nv.observe()
+    check = planner.plan(desired, after, force=True, allow_reset=allow_reset)
+    if not check.converged:
+        left = check.actions
+        raise VerifyError(
+            f"after applying, GPU {left[0].gpu_index} is not as declared: "
+            f"{len(left)} action(s) still needed, first: {left[0].describe()}"
+        )
+    return ExecResult(changes, tuple(o.gpu_index for o in outcomes), tuple(after))
