@@ -433,8 +433,10 @@ def stage_common(
         write(stage / "usr/share/man/man8" / f"{page}.gz", gzip_bytes(man))
     doc = stage / "usr/share/doc" / NAME
     copy(root / "README.md", doc / "README.md")
+    # INSTALL.md tells how to build and install the packages: not for an installed one.
     for md in sorted((root / "docs").glob("*.md")):
-        copy(md, doc / md.name)
+        if md.name != "INSTALL.md":
+            copy(md, doc / md.name)
     examples = root / "etc" / "examples"
     if examples.is_dir():
         for example in sorted(examples.glob("*.yaml")):

@@ -60,7 +60,7 @@ def test_rpm_identity(rpm: Path, built: pkgbuild.Built) -> None:
 
 def test_rpm_requires_python39_and_pyyaml_and_provides_the_bundled_libraries(rpm: Path) -> None:
     requires = set(query(rpm, "--requires").splitlines())
-    assert {"python3 >= 3.9", "python3-pyyaml", "systemd"} <= requires
+    assert {"python3 >= 3.9", "python3-pyyaml", "systemd", "/usr/bin/kill"} <= requires
     provides = set(query(rpm, "--provides").splitlines())
     for pin in PINS:
         assert f"bundled(python3dist({pin.name})) = {pin.version}" in provides

@@ -40,6 +40,10 @@ SIM_DROP_IN = f"""\
 [Service]
 Environment=MIGRESTORE_SIMULATE={SIM_STATE}
 ReadWritePaths={SIM_DIR}
+# Inside systemd-nspawn only: the service's own mount namespace for
+# ProtectControlGroups= drops nspawn's per-container boot id, so the service would see
+# the host's and miss every container reboot that the simulator keys on.
+ProtectControlGroups=no
 """
 
 RUNTIME_UNIT = """\

@@ -28,7 +28,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Type, TypeVar
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-yaml")
+# What the system tests need (systemd as PID 1) plus the package's dependencies, so
+# `dpkg -i` finds them installed; minbase has no procps (the unit's /bin/kill).
+INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-yaml", "procps")
 CACHE_DIR = Path(os.environ.get("MIGRESTORE_TEST_CACHE", "/var/cache/migrestore-tests"))
 MIRROR = os.environ.get("MIGRESTORE_TEST_MIRROR", "http://deb.debian.org/debian")
 NSPAWN_RUNTIME = Path("/run/systemd/nspawn")

@@ -8,6 +8,7 @@ layout A at boot, B after the restart, C after the reload, broken, then A again.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -68,10 +69,10 @@ def test_restart_applies_an_edited_config_stopping_dcgm_around_the_change(
     assert node.show(n.UNIT, "ActiveState")["ActiveState"] == "active"
     assert n.geometry(node) == n.declared(n.GEOMETRY_B)
     journal = node.journal(n.UNIT, cursor)
-    stopped = [ln for ln in journal.splitlines() if "unit_stopped" in ln]
-    started = [ln for ln in journal.splitlines() if "unit_started" in ln]
-    assert any(n.DCGM in ln for ln in stopped), journal
-    assert any(n.DCGM in ln for ln in started), journal
+    # Stopped and waited for before the change; started again with --no-block after it.
+    assert re.search(rf"^unit_stopped unit={n.DCGM}$", journal, re.MULTILINE), journal
+    assert re.search(rf"^unit_start(ed|_queued) unit={n.DCGM}$", journal, re.MULTILINE), journal
+    assert journal.index("unit_stopped") < journal.index("action ") < journal.index("unit_start")
     dcgm_after = node.wait_unit(n.DCGM, ("active",))["InvocationID"]
     assert dcgm_after != dcgm_before
     assert n.lines(node, "/var/log/stopped-nvidia-dcgm") == stops_before + 1

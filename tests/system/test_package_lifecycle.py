@@ -49,10 +49,10 @@ def test_installed_program_uses_its_own_code_and_bundled_libraries(
     bare = node.run(["python3", "-c", "import structlog"], check=False)
     assert bare.returncode != 0 and "No module named 'structlog'" in bare.stderr
     # A look-alike package on PYTHONPATH and in the working directory is ignored (-I).
-    node.write("/tmp/evil/migrestore/__init__.py", "raise SystemExit('wrong migrestore')\n")
+    node.write("/opt/evil/migrestore/__init__.py", "raise SystemExit('wrong migrestore')\n")
     proc = node.run(
-        ["sh", "-c", "cd /tmp/evil && exec migrestore --version"],
-        env={"PYTHONPATH": "/tmp/evil"},
+        ["sh", "-c", "cd /opt/evil && exec migrestore --version"],
+        env={"PYTHONPATH": "/opt/evil"},
     )
     assert proc.stdout.strip() == f"migrestore {deb.version}"
     sim = node.run(["migrestore-sim", "--help"])
