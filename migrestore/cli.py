@@ -181,11 +181,11 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _last_result() -> Optional[Dict[str, Any]]:
-    from migrestore import statefile
+def _last_result(simulate: Optional[str]) -> Optional[Dict[str, Any]]:
+    from migrestore import runtime, statefile
 
     try:
-        return statefile.read_state(statefile.default_path())
+        return statefile.read_state(runtime.state_path(simulate))
     except MigrestoreError:
         return None
 
@@ -200,7 +200,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Nvml(simulate=_simulate(args)) as nv:
         observed = nv.observe()
         driver = nv.driver_version()
-    last = _last_result()
+    last = _last_result(_simulate(args))
     if args.json:
         data = render.status_json(observed, driver)
         data["last_result"] = last
@@ -291,7 +291,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from migrestore import config as configmod
-    from migrestore import engine
+    from migrestore import engine, runtime
     from migrestore.lock import GpuLock
     from migrestore.nvml import Nvml
     from migrestore.services import Systemctl
@@ -303,15 +303,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
             plan, _ = engine.make_plan(cfg, nv.observe(), force=args.force)
             sys.stdout.write(_plan_text(plan))
             return EXIT_OK
-        with GpuLock(timeout=args.lock_timeout):
+        with GpuLock(runtime.lock_path(_simulate(args)), timeout=args.lock_timeout):
             ctl = None if args.no_clients else Systemctl()
             try:
                 outcome = engine.converge(nv, cfg, log=log, ctl=ctl, force=args.force)
             except MigrestoreError as exc:
-                _write_state("failed", str(exc), (), 0.0)
+                _write_state(args, "failed", str(exc), (), 0.0)
                 raise
         result = "converged" if outcome.converged_before else "applied"
-        _write_state(result, outcome.summary(), outcome.observed, outcome.duration)
+        _write_state(args, result, outcome.summary(), outcome.observed, outcome.duration)
     if outcome.converged_before:
         log.info("converged", outcome="nothing to do")
     else:
@@ -319,12 +319,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_FAILED if outcome.hook_failures else EXIT_OK
 
 
-def _write_state(result: str, message: str, observed: Any, duration: float) -> None:
-    from migrestore import statefile
+def _write_state(
+    args: argparse.Namespace, result: str, message: str, observed: Any, duration: float
+) -> None:
+    from migrestore import runtime, statefile
 
     try:
         statefile.write_state(
-            statefile.default_path(),
+            runtime.state_path(_simulate(args)),
             statefile.build_state(result, message, observed, duration),
         )
     except (OSError, MigrestoreError) as exc:

@@ -28,7 +28,7 @@ import time
 from typing import Any, List, Optional, Tuple
 
 from migrestore import config as configmod
-from migrestore import engine, logs, statefile
+from migrestore import engine, logs, runtime, statefile
 from migrestore.errors import (
     EXIT_OK,
     ConfigError,
@@ -110,7 +110,8 @@ class Daemon:
         self.notifier = notifier
         self.ctl = ctl or Systemctl()
         self.nv: Optional[Nvml] = None
-        self.state_path = statefile.default_path()
+        self.state_path = runtime.state_path(simulate)
+        self.lock_path = runtime.lock_path(simulate)
         self.summary = ""  # the last one-line STATUS= summary
 
     # ----------------------------------------------------------------- phases
@@ -144,14 +145,16 @@ class Daemon:
 
     def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
         assert self.nv is not None
-        with GpuLock(timeout=LOCK_TIMEOUT):
+        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
             outcome = engine.converge(
                 self.nv,
                 self.cfg,
                 log=self.log,
                 ctl=self.ctl,
                 status=self.notifier.status,
+                extend=self.notifier.extend_timeout,
                 observed=observed,
+                state_path=self.state_path,
             )
         result = "converged" if outcome.converged_before else "applied"
         self.write_state(result, outcome.summary(), outcome.observed, outcome.duration)

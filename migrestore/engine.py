@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -22,8 +23,12 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from migrestore import config as configmod
 from migrestore import executor, hooks, planner, services
 from migrestore.errors import MigrestoreError
-from migrestore.model import RESET_ALLOW, Config, GpuState, Plan
+from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
+
 from migrestore.nvml import Nvml
+
+APPLY_BUDGET = 120.0  # seconds asked of systemd for the NVML changes of one pass
+RESET_BUDGET = 60.0  # and for each GPU reset on top
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,17 @@ class Outcome:
         return text
 
 
+SYSTEMD_RUNTIME = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
+
+
+def manages_units(ctl: Optional[services.Systemctl]) -> bool:
+    """Client units can be managed when systemd runs (or a systemctl was named
+    explicitly). Without systemd no unit can be running, so there is none to stop."""
+    if ctl is None:
+        return False
+    return ctl.binary != "systemctl" or os.path.isdir(SYSTEMD_RUNTIME)
+
+
 def make_plan(
     cfg: Config, observed: Tuple[GpuState, ...], *, force: bool
 ) -> Tuple[Plan, Dict[str, Any]]:
@@ -80,7 +96,9 @@ def converge(
     ctl: Optional[services.Systemctl] = None,
     force: bool = False,
     status: Optional[Callable[[str], None]] = None,
+    extend: Optional[Callable[[float], None]] = None,
     observed: Optional[Tuple[GpuState, ...]] = None,
+    state_path: str = "",
 ) -> Outcome:
     """Bring the GPUs to ``cfg``. ``ctl`` None: no client units are managed (tests, or
     ``apply --no-clients``).
@@ -90,6 +108,7 @@ def converge(
         ActionFailed, VerifyError, ServiceError: after the stopped units were started again.
     """
     say = status or (lambda _text: None)
+    more_time = extend or (lambda _seconds: None)
     started = time.monotonic()
     before = observed if observed is not None else nv.observe()
     plan, desired = make_plan(cfg, before, force=force)
@@ -101,11 +120,18 @@ def converge(
     for action in plan.actions:
         log.debug("planned", gpu=action.gpu_index, action=action.describe())
     stopped: Tuple[str, ...] = ()
-    if ctl is not None and cfg.clients:
+    if cfg.clients and manages_units(ctl):
+        assert ctl is not None
         say("stopping GPU clients")
+        # systemd's start timeout must cover every bounded stop
+        more_time(cfg.unit_timeout * len(cfg.clients) + 30)
         stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
+    elif cfg.clients and ctl is not None:
+        log.warning("clients_not_managed", outcome="systemd is not running: no client unit to stop")
     try:
         say(f"applying {len(plan.actions)} changes")
+        resets = sum(1 for a in plan.actions if a.kind == RESET)
+        more_time(APPLY_BUDGET + RESET_BUDGET * resets)
         result = executor.execute(
             nv,
             plan,
@@ -124,13 +150,12 @@ def converge(
     failures: Tuple[str, ...] = ()
     if cfg.hooks:
         say("running post-apply hooks")
-        failures = tuple(
-            hooks.run_hooks(
-                cfg.hooks,
-                log,
-                {"MIGRESTORE_RESULT": "applied", "MIGRESTORE_CHANGES": str(result.changes)},
-            )
+        more_time(sum(h.timeout for h in cfg.hooks) + 30)
+        changed = tuple(sorted({a.gpu for a in plan.actions}))
+        env = hooks.result_environment(
+            "applied", f"{result.changes} NVML changes", state_path, cfg.path, changed
         )
+        failures = tuple(hooks.run_hooks(cfg.hooks, log, env))
     cdi_error = hooks.refresh_cdi(log)
     if cdi_error:
         failures += (f"CDI refresh: {cdi_error}",)

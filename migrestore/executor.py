@@ -62,7 +62,7 @@ class ExecResult:
 
 
 def _fields(action: Action) -> Dict[str, Any]:
-    fields: Dict[str, Any] = {"gpu": action.gpu_index, "action": action.kind}
+    fields: Dict[str, Any] = {"gpu": action.gpu_index}
     if action.profile:
         fields["profile"] = action.profile
     if action.placement is not None:
@@ -95,7 +95,7 @@ class _GpuRun:
 
     def fail(self, action: Action, nvml_error: str, detail: str = "") -> ActionFailed:
         fields = _fields(action)
-        self.log("error", "action", outcome="failed", nvml_error=nvml_error, **fields)
+        self.log("error", action.kind, outcome="failed", nvml_error=nvml_error, **fields)
         return ActionFailed(self.label, action.describe(), nvml_error, detail)
 
     def run(self) -> GpuOutcome:
@@ -136,7 +136,7 @@ class _GpuRun:
                         f"the driver placed it at {gi.placement}",
                     )
                 self.gi_ids[action.placement.start] = gi.gi_id
-                self.log("info", "action", outcome="ok", **_fields(action), gi=gi.gi_id)
+                self.log("info", action.kind, outcome="ok", **_fields(action), gi=gi.gi_id)
                 return
             elif action.kind == CREATE_CI:
                 assert action.profile_id is not None and action.gi_start is not None
@@ -145,14 +145,16 @@ class _GpuRun:
                     raise self.fail(action, "NVML_ERROR_NOT_FOUND", "its GI does not exist")
                 ci = self.nv.create_ci(self.uuid, gi_id, action.profile_id, action.placement)
                 self.changes += 1
-                self.log("info", "action", outcome="ok", **_fields(action), gi=gi_id, ci=ci.ci_id)
+                self.log(
+                    "info", action.kind, outcome="ok", **_fields(action), gi=gi_id, ci=ci.ci_id
+                )
                 return
             else:
                 raise MigrestoreError(f"unknown action kind {action.kind!r}")
         except NvmlError as exc:
             raise self.fail(action, exc.nvml_error) from exc
         self.changes += 1
-        self.log("info", "action", outcome="ok", **_fields(action))
+        self.log("info", action.kind, outcome="ok", **_fields(action))
 
     def set_mode(self, action: Action, following: Optional[Action]) -> None:
         enabled = bool(action.enabled)
@@ -161,10 +163,10 @@ class _GpuRun:
         if status == NVML_SUCCESS:
             current, pending = self.nv.mig_mode(self.uuid)
             if current == enabled:
-                self.log("info", "action", outcome="ok", **_fields(action))
+                self.log("info", action.kind, outcome="ok", **_fields(action))
                 return
             if following is not None and following.kind == RESET:
-                self.log("info", "action", outcome="pending", **_fields(action))
+                self.log("info", action.kind, outcome="pending", **_fields(action))
                 return
             raise self.fail(
                 action,
@@ -173,7 +175,7 @@ class _GpuRun:
                 f"pending={'on' if pending else 'off'}",
             )
         if status == NVML_IN_USE and following is not None and following.kind == RESET:
-            self.log("info", "action", outcome="pending", activation=status, **_fields(action))
+            self.log("info", action.kind, outcome="pending", activation=status, **_fields(action))
             return
         if status == NVML_IN_USE:
             raise self.fail(
@@ -195,7 +197,7 @@ class _GpuRun:
             if current == self.want_mig:
                 self.log(
                     "info",
-                    "action",
+                    action.kind,
                     outcome="skipped",
                     reason="mode already active",
                     **_fields(action),
@@ -222,7 +224,7 @@ class _GpuRun:
             )
         # A reset destroys every instance: nothing is left to map.
         self.gi_ids.clear()
-        self.log("info", "action", outcome="ok", **_fields(action))
+        self.log("info", action.kind, outcome="ok", **_fields(action))
 
 
 def _emit(log: Any, records: Sequence[LogRecord]) -> None:

@@ -24,7 +24,6 @@ Rules:
 """
 
 # Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 
 from __future__ import annotations
 

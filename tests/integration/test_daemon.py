@@ -76,7 +76,7 @@ def test_ready_only_after_the_geometry_is_verified(hopper: Node) -> None:
     # SIGTERM leaves the geometry as it is
     assert hopper.geometry(0) == EXPECTED
     # one journal line per action, with GPU, profile, placement and outcome
-    assert "<6>action gpu=0 profile=3g.40gb placement=4:4 outcome=ok action=create_gi" in err
+    assert "<6>create_gi gpu=0 profile=3g.40gb placement=4:4 outcome=ok gi=" in err
 
 
 def test_converged_start_touches_no_gpu_and_no_unit(hopper: Node) -> None:
@@ -183,7 +183,7 @@ def test_ampere_pending_mode_is_reset_only_when_allowed(ampere: Node) -> None:
     ampere.start_daemon("--once")
     code, err = ampere.wait_daemon()
     assert code == 0, err
-    assert "action=reset" in err
+    assert "<6>reset gpu=0 outcome=ok" in err
     assert ampere.mig(0)["current"] is True
     assert ampere.geometry(0) == EXPECTED
 
@@ -265,7 +265,7 @@ def test_hopper_reboot_restores_mode_and_geometry(hopper: Node) -> None:
     hopper.start_daemon("--once")
     code, err = hopper.wait_daemon()
     assert code == 0, err
-    assert "action=reset" not in err  # Hopper: no reset
+    assert "reset gpu=" not in err  # Hopper: no reset
     assert hopper.mig(0)["current"] is True
     assert hopper.geometry(0) == EXPECTED and hopper.geometry(1) == EXPECTED
 

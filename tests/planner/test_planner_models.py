@@ -6,7 +6,6 @@ layout; multisets next to them that have none must be rejected with InfeasibleEr
 """
 
 # Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 
 from __future__ import annotations
 

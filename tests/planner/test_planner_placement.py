@@ -1,7 +1,6 @@
 """solve_gis / solve_cis on the hand-written H100 80GB table: placements, keeps, errors."""
 
 # Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """plan() and gpu_converged() as tables: observed GPUs + desired specs -> exact actions."""
 
 # Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 
 from __future__ import annotations
 

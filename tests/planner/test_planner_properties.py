@@ -12,7 +12,6 @@ observed GPUs (mode on, off or pending; any valid geometry; processes on some CI
 """
 
 # Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
-# ruff: noqa: UP006, UP035, UP045
 
 from __future__ import annotations
 
