@@ -333,3 +333,46 @@ def test_apply_says_who_holds_the_lock(hopper: Node) -> None:
     assert done.returncode == 1
     assert "4242" in done.stderr
     assert hopper.changes() == 0
+
+
+def test_no_driver_waits_bounded_then_exits_69(tmp_path: Path) -> None:
+    node = Node(tmp_path, "h100-80gb-hbm3:1")
+    try:
+        node.write_config(
+            config().replace("ampere-reset: allow", "ampere-reset: allow\ndriver-wait: 1")
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "migrestore",
+            "-c",
+            str(node.config),
+            "--log-format",
+            "journal",
+            "daemon",
+        ]
+        started = time.monotonic()
+        done = subprocess.run(argv, env=node.env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 69
+        assert time.monotonic() - started >= 1.0
+        statuses = node.notify.fields("STATUS")
+        assert "waiting for NVIDIA driver" in statuses
+        assert statuses[-1].startswith("failed: no NVIDIA driver")
+        assert "waited 1s" in done.stderr
+    finally:
+        node.cleanup()
+
+
+def test_ampere_without_reset_says_a_reboot_is_needed(tmp_path: Path) -> None:
+    node = Node(tmp_path, "a100-80gb:1")
+    try:
+        node.sim("init", "--force", "--passthrough", node.state, "a100-80gb:1")
+        node.write_config(config())
+        node.start_daemon()
+        code, _err = node.wait_daemon()
+        assert code == 1
+        status = node.notify.fields("STATUS")[-1]
+        assert "NVML_ERROR_RESET_REQUIRED" in status and "reboot" in status
+        assert node.mig(0)["current"] is False
+    finally:
+        node.cleanup()
