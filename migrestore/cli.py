@@ -33,7 +33,8 @@ DEFAULT_CONFIG = "/etc/migrestore.yaml"
 EPILOG = f"""\
 exit codes:
   {EXIT_OK}   done, or nothing to do
-  {EXIT_FAILED}   an action failed (the error names the GPU, the action and the NVML error)
+  {EXIT_FAILED}   an action failed (the error names the GPU, the action and the NVML error),
+      or a post-apply hook failed after a verified change
   {EXIT_UNAVAILABLE}  no NVIDIA driver (NVML) available
   {EXIT_SOFTWARE}  a bug in migrestore (please report it with the traceback)
   {EXIT_CONFIG}  invalid config or infeasible layout; nothing was touched
@@ -41,6 +42,9 @@ exit codes:
 environment:
   MIGRESTORE_SIMULATE  same as --simulate
   MIGRESTORE_CONFIG    same as -c/--config
+  MIGRESTORE_LOCK      the GPU lock (default /run/migrestore.lock)
+  MIGRESTORE_STATE     the last-result file (default /run/migrestore/state.json)
+  MIGRESTORE_SYSTEMCTL the systemctl to use for client units
 """
 
 
