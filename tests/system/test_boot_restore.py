@@ -72,7 +72,12 @@ def test_restart_applies_an_edited_config_stopping_dcgm_around_the_change(
     # Stopped and waited for before the change; started again with --no-block after it.
     assert re.search(rf"^unit_stopped unit={n.DCGM}$", journal, re.MULTILINE), journal
     assert re.search(rf"^unit_start(ed|_queued) unit={n.DCGM}$", journal, re.MULTILINE), journal
-    assert journal.index("unit_stopped") < journal.index("action ") < journal.index("unit_start")
+    lines = journal.splitlines()
+    stop = next(i for i, ln in enumerate(lines) if ln.startswith(f"unit_stopped unit={n.DCGM}"))
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("unit_start"))
+    changes = [i for i, ln in enumerate(lines) if re.match(r"^\w+ gpu=\d+ .*outcome=ok", ln)]
+    assert changes, journal
+    assert stop < min(changes) and max(changes) < start, journal
     dcgm_after = node.wait_unit(n.DCGM, ("active",))["InvocationID"]
     assert dcgm_after != dcgm_before
     assert n.lines(node, "/var/log/stopped-nvidia-dcgm") == stops_before + 1

@@ -61,6 +61,13 @@ def test_installed_program_uses_its_own_code_and_bundled_libraries(
     assert node.run(["sh", "-c", "ls /usr/share/migrestore/migrestore/__pycache__"]).stdout
 
 
+def test_installed_unit_passes_systemd_analyze_verify(node: Container) -> None:
+    # --man=no: the node has no man-db to look up Documentation=man:migrestore(8) with
+    # (tests/packaging checks that the page is shipped).
+    verify = node.run(["systemd-analyze", "verify", "--man=no", n.UNIT], check=False)
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+
+
 def test_upgrade_neither_restarts_the_service_nor_touches_the_edited_config(
     node: Container, newer_deb: pkgbuild.Built
 ) -> None:
