@@ -12,13 +12,14 @@ import ast
 import glob
 import gzip
 import hashlib
+import importlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Set
 
 import pytest
 
@@ -177,6 +178,31 @@ def test_man_page_documents_every_command_and_exit_code() -> None:
     codes = [v for k, v in vars(errors).items() if k.startswith("EXIT_")]
     for code in codes:
         assert re.search(rf"^\.TP\n\.B {code}$", page, re.MULTILINE), f"exit status {code}"
+
+
+def long_options(parser: argparse.ArgumentParser) -> Set[str]:
+    """Every ``--option`` of a parser and its subcommands, but --help."""
+    found: Set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= long_options(sub)
+        else:
+            found |= {o for o in action.option_strings if o.startswith("--")}
+    return found - {"--help"}
+
+
+@pytest.mark.parametrize(
+    "page, module",
+    [("migrestore.8", "migrestore.cli"), ("migrestore-sim.8", "migrestore.simulator.cli")],
+)
+def test_man_pages_document_every_long_option(page: str, module: str) -> None:
+    parser = importlib.import_module(module).build_parser()
+    text = (pkgbuild.REPO / "packaging" / page).read_text()
+    options = long_options(parser)
+    assert "--json" in options or "--gpu" in options
+    missing = sorted(o for o in options if o.replace("-", "\\-") not in text)
+    assert missing == []
 
 
 def test_simulator_man_page_documents_every_verb() -> None:
