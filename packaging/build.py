@@ -67,7 +67,7 @@ VENDOR_COPYRIGHT: Dict[str, Tuple[str, str, str, Tuple[str, ...]]] = {
     ),
     "typing-extensions": (
         "typing_extensions.py",
-        "2001-2025 Python Software Foundation",
+        "2001-2023 Python Software Foundation",
         "PSF-2.0",
         ("LICENSE",),
     ),
@@ -227,11 +227,11 @@ def rpm_changelog(entries: Sequence[ChangelogEntry]) -> str:
 # --------------------------------------------------------------------------- staging
 
 
-def run(argv: Sequence[str], what: str, fix: str, cwd: Optional[Path] = None) -> str:
+def run(argv: Sequence[str], what: str, fix: str) -> str:
     """Run a tool; a failure becomes one BuildError line with the tool's last line."""
     try:
         proc = subprocess.run(
-            list(argv), cwd=cwd, check=False, capture_output=True, text=True, env=build_env()
+            list(argv), check=False, capture_output=True, text=True, env=build_env()
         )
     except OSError as exc:
         raise BuildError(f"{what}: cannot run {argv[0]}: {exc.strerror} ({fix})") from exc
@@ -499,7 +499,7 @@ def build_deb(root: Path, common: Path, work: Path, out: Path, version: str, epo
     run(
         ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(tree), str(deb)],
         "building the .deb",
-        "install dpkg-dev's dpkg-deb (apt-get install dpkg)",
+        "install dpkg-deb (apt-get install dpkg)",
     )
     return deb
 
