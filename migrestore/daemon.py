@@ -179,11 +179,15 @@ class Daemon:
     def check(self, reason: str) -> None:
         """One watch tick: observe, plan, restore or report drift."""
         assert self.nv is not None
-        observed = self.nv.observe()
-        plan, _desired = engine.make_plan(self.cfg, observed, force=False)
+        # The geometry alone tells whether anything drifted; the full observation
+        # (MIG device UUIDs, processes) is read only when something did.
+        light = self.nv.observe(devices=False)
+        plan, _desired = engine.make_plan(self.cfg, light, force=True)
         if plan.converged:
             self.log.debug("watch", reason=reason, outcome="converged")
             return
+        observed = self.nv.observe()
+        plan, _desired = engine.make_plan(self.cfg, observed, force=True)
         drift = _describe_drift(plan.actions)
         policy = self.cfg.drift_policy
         if reason == "reload" or policy == DRIFT_RESTORE:

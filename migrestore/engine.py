@@ -24,7 +24,6 @@ from migrestore import config as configmod
 from migrestore import executor, hooks, planner, services
 from migrestore.errors import MigrestoreError
 from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
-
 from migrestore.nvml import Nvml
 
 APPLY_BUDGET = 120.0  # seconds asked of systemd for the NVML changes of one pass

@@ -367,11 +367,15 @@ class Nvml:
         with self._gate.shared(), _nvml("NVML: read the driver version"):
             return _text(pynvml.nvmlSystemGetDriverVersion())
 
-    def observe(self) -> Tuple[GpuState, ...]:
+    def observe(self, devices: bool = True) -> Tuple[GpuState, ...]:
         """Every GPU, by index: identity, MIG mode, profile table, GIs with their CIs,
-        MIG device UUIDs and the processes on each MIG device."""
+        MIG device UUIDs and the processes on each MIG device.
+
+        ``devices=False`` skips the MIG device scan (UUIDs and processes, most of the
+        NVML calls of a MIG GPU): enough to tell whether the geometry drifted, which is
+        what the idle watch loop asks every interval."""
         with self._gate.shared():
-            return tuple(self._observe(gpu) for gpu in self._devices())
+            return tuple(self._observe(gpu, devices) for gpu in self._devices())
 
     def observe_gpu(self, uuid: str) -> GpuState:
         with self._gate.shared():
@@ -594,7 +598,7 @@ class Nvml:
 
     # ------------------------------------------------------------------ observe
 
-    def _observe(self, gpu: _Gpu) -> GpuState:
+    def _observe(self, gpu: _Gpu, devices: bool = True) -> GpuState:
         mode = self._mig_mode(gpu)
         capable = mode is not None
         current, pending = mode if mode is not None else (False, False)
@@ -612,10 +616,10 @@ class Nvml:
         self._load_table(gpu, current)
         instances: Tuple[GpuInstance, ...] = ()
         if current:
-            instances = self._instances(gpu)
+            instances = self._instances(gpu, devices)
         return GpuState(identity, current, pending, self._profiles(gpu), instances)
 
-    def _instances(self, gpu: _Gpu) -> Tuple[GpuInstance, ...]:
+    def _instances(self, gpu: _Gpu, devices: bool = True) -> Tuple[GpuInstance, ...]:
         found: List[Tuple[GpuInstance, List[ComputeInstance]]] = []
         for profile in gpu.gi_profiles:
             for gi in self._gi_handles(gpu, profile):
@@ -630,12 +634,22 @@ class Nvml:
         ci_count = sum(len(cis) for _, cis in found)
         if not ci_count:
             return tuple(sorted((gi for gi, _ in found), key=lambda g: g.placement))
-        devices = self._mig_devices(gpu, want=ci_count)
+        if not devices:
+            return tuple(
+                sorted(
+                    (
+                        replace(gi, cis=tuple(sorted(cis, key=lambda c: c.placement)))
+                        for gi, cis in found
+                    ),
+                    key=lambda g: g.placement,
+                )
+            )
+        scanned = self._mig_devices(gpu, want=ci_count)
         instances = []
         for gi, cis in found:
             full = []
             for ci in cis:
-                device = devices.get((gi.gi_id, ci.ci_id))
+                device = scanned.get((gi.gi_id, ci.ci_id))
                 if device is not None:
                     ci = replace(ci, uuid=device[0], pids=device[1])
                 full.append(ci)

@@ -75,3 +75,29 @@ def test_mig_device_scan_stops_once_every_ci_is_found() -> None:
         assert [len(gi.cis) for gi in observed.instances] == [1, 1]
         assert counter.calls["nvmlDeviceGetMaxMigDeviceCount"] == 1
         assert counter.calls["nvmlDeviceGetMigDeviceHandleByIndex"] == 2
+
+
+def test_geometry_only_observe_skips_the_mig_device_scan(tmp_path: Path) -> None:
+    """What the idle watch loop reads every interval: the geometry, without UUIDs and
+    processes; the planner sees the same layout as from a full observe."""
+    path = str(tmp_path / "sim.json")
+    write_new(path, fresh_state(["h100-80gb-hbm3"] * 8))
+    with Nvml(simulate=path) as nv:
+        for gpu in nv.observe():
+            assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
+            for start in range(7):
+                gi = nv.create_gi(gpu.uuid, 19, Placement(start, 1))
+                nv.create_ci(gpu.uuid, gi.gi_id, 0, None)
+        full = nv.observe()
+        counter = count_calls()
+        light = nv.observe(devices=False)
+        assert counter.total == 8 * (1 + 7 + 7 * 3)
+        assert not counter.calls["nvmlDeviceGetMigDeviceHandleByIndex"]
+    for a, b in zip(full, light):
+        assert [(gi.profile, gi.placement) for gi in a.instances] == [
+            (gi.profile, gi.placement) for gi in b.instances
+        ]
+        assert [[(c.profile, c.placement) for c in gi.cis] for gi in a.instances] == [
+            [(c.profile, c.placement) for c in gi.cis] for gi in b.instances
+        ]
+        assert all(ci.uuid == "" for gi in b.instances for ci in gi.cis)
