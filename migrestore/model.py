@@ -98,6 +98,24 @@ class GiProfile:
         return None
 
 
+def find_profile(
+    profiles: Tuple[GiProfile, ...],
+    *,
+    name: Optional[str] = None,
+    profile_id: Optional[int] = None,
+    index: Optional[int] = None,
+) -> Optional[GiProfile]:
+    """The profile of a table with that name, profile ID or profile index."""
+    for p in profiles:
+        if (
+            (name is None or p.name == name)
+            and (profile_id is None or p.id == profile_id)
+            and (index is None or p.index == index)
+        ):
+            return p
+    return None
+
+
 def media_class(profile_name: str) -> str:
     """The media-engine class a profile name carries: ``all`` (+me.all), ``none`` (-me),
     ``me`` (+me), ``gfx`` (+gfx) or ``plain``. nvml.h: allocating an *_ALL_ME instance
@@ -183,16 +201,10 @@ class GpuState:
         return self.identity.index
 
     def profile(self, name: str) -> Optional[GiProfile]:
-        for p in self.profiles:
-            if p.name == name:
-                return p
-        return None
+        return find_profile(self.profiles, name=name)
 
     def profile_by_id(self, profile_id: int) -> Optional[GiProfile]:
-        for p in self.profiles:
-            if p.id == profile_id:
-                return p
-        return None
+        return find_profile(self.profiles, profile_id=profile_id)
 
     def label(self) -> str:
         """How log lines and errors name a GPU: index and UUID."""

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from migrestore.errors import MigrestoreError
-from migrestore.model import CiProfile, GiProfile, Placement
+from migrestore.model import CiProfile, GiProfile, Placement, find_profile
 
 MODEL_NAMES: Tuple[str, ...] = (
     "a100-sxm4-40gb",
@@ -63,22 +63,13 @@ class ModelTable:
     invalid_from_index: int  # from this index on -> INVALID_ARGUMENT
 
     def profile(self, name: str) -> Optional[GiProfile]:
-        for p in self.profiles:
-            if p.name == name:
-                return p
-        return None
+        return find_profile(self.profiles, name=name)
 
     def profile_by_id(self, profile_id: int) -> Optional[GiProfile]:
-        for p in self.profiles:
-            if p.id == profile_id:
-                return p
-        return None
+        return find_profile(self.profiles, profile_id=profile_id)
 
     def profile_by_index(self, index: int) -> Optional[GiProfile]:
-        for p in self.profiles:
-            if p.index == index:
-                return p
-        return None
+        return find_profile(self.profiles, index=index)
 
 
 def _placements(rows: Any) -> Tuple[Placement, ...]:

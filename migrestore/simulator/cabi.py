@@ -58,17 +58,7 @@ class GpuInstanceProfileInfoV2(ctypes.Structure):
 
     _fields_ = [
         ("version", ctypes.c_uint),
-        ("id", ctypes.c_uint),
-        ("isP2pSupported", ctypes.c_uint),
-        ("sliceCount", ctypes.c_uint),
-        ("instanceCount", ctypes.c_uint),
-        ("multiprocessorCount", ctypes.c_uint),
-        ("copyEngineCount", ctypes.c_uint),
-        ("decoderCount", ctypes.c_uint),
-        ("encoderCount", ctypes.c_uint),
-        ("jpegCount", ctypes.c_uint),
-        ("ofaCount", ctypes.c_uint),
-        ("memorySizeMB", ctypes.c_ulonglong),
+        *GpuInstanceProfileInfoV1._fields_,
         ("name", ctypes.c_char * NAME_BUFFER),
     ]
 
@@ -97,15 +87,7 @@ class ComputeInstanceProfileInfoV2(ctypes.Structure):
 
     _fields_ = [
         ("version", ctypes.c_uint),
-        ("id", ctypes.c_uint),
-        ("sliceCount", ctypes.c_uint),
-        ("instanceCount", ctypes.c_uint),
-        ("multiprocessorCount", ctypes.c_uint),
-        ("sharedCopyEngineCount", ctypes.c_uint),
-        ("sharedDecoderCount", ctypes.c_uint),
-        ("sharedEncoderCount", ctypes.c_uint),
-        ("sharedJpegCount", ctypes.c_uint),
-        ("sharedOfaCount", ctypes.c_uint),
+        *ComputeInstanceProfileInfoV1._fields_,
         ("name", ctypes.c_char * NAME_BUFFER),
     ]
 
