@@ -10,9 +10,10 @@ Rules:
    period, and the report says so.
 2. CPU time is per process, so the watch may run while another benchmark keeps the
    machine busy; ``__main__`` runs it beside the cold restore, which mostly sleeps.
-3. To say what limits the figure, one watch tick (observe + plan, what the daemon does
-   each interval) is also run in this process on a copy of the same state file: its CPU
-   time, its NVML calls, and the share of it spent inside the simulator (cProfile).
+3. To say what limits the figure, the daemon's own watch tick (``Daemon.check``) is also
+   run in this process on a copy of the same state file: its CPU time, its NVML calls,
+   and the share of it spent inside the simulator (cProfile); and on an in-memory
+   simulator, which has no file to lock and stat on every call.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Any, Dict, Optional
 from bench import latency
 from bench.node import MODEL, HarnessError, Workspace, stop
 from migrestore import engine, logs
+from migrestore.daemon import Daemon
 from migrestore.model import Config
-from migrestore.nvml import Nvml
+from migrestore.notify import Notifier
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,8 +66,10 @@ class Watch:
 
 
 def start(ws: Workspace, count: int, period: float) -> Watch:
+    ws.warm(count)
     proc, _started = ws.start_daemon(count)
     ready = ws.notify.wait_ready(proc, 120.0)
+    ws.notify.drain()
     return Watch(proc, ready, cpu_seconds(proc.pid), period, ws.load_config().drift_interval)
 
 
@@ -93,41 +97,64 @@ def finish(watch: Watch) -> Dict[str, Any]:
     }
 
 
+def _daemon(cfg: Config, simulate: str) -> Daemon:
+    """The daemon's own object, its NVML session open, as after READY."""
+    logs.configure("json", "error")
+    daemon = Daemon(
+        cfg,
+        config_path=cfg.path,
+        select_name=None,
+        simulate=simulate,
+        log=logs.get_logger(),
+        notifier=Notifier(),
+    )
+    daemon.nv = daemon.wait_for_driver()
+    return daemon
+
+
+def _ticks(daemon: Daemon, ticks: int) -> float:
+    """CPU milliseconds per ``Daemon.check`` (one watch tick)."""
+    started = time.process_time()
+    for _ in range(ticks):
+        daemon.check("interval")
+    return (time.process_time() - started) / ticks * 1000
+
+
 def tick_cost(state: str, count: int, cfg: Config, directory: Path, ticks: int) -> Dict[str, Any]:
-    """One watch tick in this process: on a copy of ``state``, and on an in-memory
-    simulator of ``count`` GPUs with the same geometry."""
+    """The daemon's watch tick (``Daemon.check``) in this process: on a copy of
+    ``state``, and on an in-memory simulator of ``count`` GPUs with the same geometry."""
     copy = str(directory / "tick-state.json")
     shutil.copyfile(state, copy)
     out: Dict[str, Any] = {"ticks": ticks}
-    logs.configure("json", "error")
-    with Nvml(simulate=copy) as nv:
-        nv.observe()  # the profile tables are read once per session, as the daemon did
-        sim = nv.simulator
-        assert sim is not None
+    daemon = _daemon(cfg, copy)
+    try:
+        assert daemon.nv is not None and daemon.nv.simulator is not None
+        sim = daemon.nv.simulator
+        if not engine.make_plan(cfg, daemon.nv.observe(), force=False)[0].converged:
+            raise HarnessError("the idle tick would find drift: the state file is not converged")
+        _ticks(daemon, 1)  # the session's one-time reads, as before READY
+        out["cpu_ms_state_file"] = _ticks(daemon, ticks)
         counter = latency.Recorder(sleep=False)
         sim.latency(1)
         sim.sleep = counter
-        started = time.process_time()
-        for _ in range(ticks):
-            plan, _desired = engine.make_plan(cfg, nv.observe(), force=False)
-            if not plan.converged:
-                raise HarnessError("the idle tick found drift: the state file is not converged")
-        out["cpu_ms_state_file"] = (time.process_time() - started) / ticks * 1000
+        _ticks(daemon, ticks)
         sim.latency(0)
         out["nvml_calls"] = counter.calls // ticks
         profile = cProfile.Profile()
         profile.enable()
-        for _ in range(ticks):
-            engine.make_plan(cfg, nv.observe(), force=False)
+        _ticks(daemon, ticks)
         profile.disable()
         out["simulator_share"] = _share(profile, os.path.join("simulator", "core.py"), "_call")
-    with Nvml(simulate=f"{MODEL}:{count}") as nv:
-        engine.converge(nv, cfg, log=logs.get_logger())
-        nv.observe()
-        started = time.process_time()
-        for _ in range(ticks):
-            engine.make_plan(cfg, nv.observe(), force=False)
-        out["cpu_ms_in_memory"] = (time.process_time() - started) / ticks * 1000
+    finally:
+        daemon.close()
+    daemon = _daemon(cfg, f"{MODEL}:{count}")
+    try:
+        assert daemon.nv is not None
+        engine.converge(daemon.nv, cfg, log=logs.get_logger())
+        _ticks(daemon, 1)
+        out["cpu_ms_in_memory"] = _ticks(daemon, ticks)
+    finally:
+        daemon.close()
     return out
 
 

@@ -193,8 +193,7 @@ def render(report: Dict[str, Any]) -> str:
     for g in report["goals"]:
         verdict = "not run" if g["met"] is None else ("met" if g["met"] else "**missed**")
         add(f"| {g['what']} | {g['target']} | {g['measured']} | {verdict} |")
-    add("")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _render_restart(add: Any, data: Dict[str, Any]) -> None:

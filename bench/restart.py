@@ -162,6 +162,7 @@ def _importer(name: str, table: Dict[str, Imported]) -> str:
 
 
 def import_breakdown(ws: Workspace, count: int, runs: int) -> Dict[str, Any]:
+    ws.warm(count)
     floor_runs = []
     apply_runs = []
     daemon_runs = []
