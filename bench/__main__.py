@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             if "restart" in chosen and ws is not None:
                 say("converged restart")
                 results["restart"] = restart.measure(ws, cfg["restart_gpus"], cfg["rounds"])
+                results["restart"]["nvml_reads"] = restart.nvml_reads(
+                    ws, cfg["restart_gpus"], latency.build(cfg["latency_overrides"])
+                )
             if "imports" in chosen and ws is not None:
                 say("import-time breakdown")
                 results["imports"] = restart.import_breakdown(

@@ -210,6 +210,14 @@ def _render_restart(add: Any, data: Dict[str, Any]) -> None:
             f"{fmt_ratio(_summary(bare)) if bare else '-'} |"
         )
     add("")
+    for count, r in data.get("nvml_reads", {}).items():
+        add(
+            f"On real GPUs ({count} GPU{'s' if count != '1' else ''}), the latency model prices the "
+            f"converged pass at {r['converged_pass_calls']} NVML reads, "
+            f"{r['converged_pass_ms']:.0f} ms (+ nvmlInit {r['init_ms']:.0f} ms); a geometry-only "
+            f"read (the watch tick) at {r['geometry_read_calls']} reads, {r['geometry_read_ms']:.0f} ms."
+        )
+    add("")
 
 
 def _render_imports(add: Any, data: Dict[str, Any]) -> None:

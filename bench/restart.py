@@ -19,13 +19,17 @@ Rules:
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from bench import latency
 from bench.node import DEPENDENCIES, HarnessError, Workspace
 from bench.stats import paired_ratios, summarize
+from migrestore import engine, logs
+from migrestore.nvml import Nvml
 
 PASS = "python -c pass"
 DEPS = "python -c 'import deps'"
@@ -88,6 +92,37 @@ def measure(ws: Workspace, counts: Sequence[int], rounds: int) -> Dict[str, Any]
         result["ratio_to_pass"][name] = paired_ratios(values, samples[PASS]).to_json()
     result["ratio_to_pass"][DEPS] = paired_ratios(samples[DEPS], samples[PASS]).to_json()
     return result
+
+
+def nvml_reads(ws: Workspace, counts: Sequence[int], latencies: Dict[str, int]) -> Dict[str, Any]:
+    """What real NVML would add to a converged start: the reads of one converged pass
+    (a fresh session, so the profile tables are read too) and of one watch-style
+    geometry read, counted and priced with the latency model (nothing slept)."""
+    out: Dict[str, Any] = {}
+    logs.configure("json", "error")
+    for count in counts:
+        copy = str(ws.dir / f"reads-{count}.json")
+        shutil.copyfile(ws.states[count], copy)
+        with ws.boot(), Nvml(simulate=copy) as nv:
+            sim = nv.simulator
+            assert sim is not None
+            start = latency.Recorder(sleep=False)
+            latency.install(sim, latencies, start)
+            outcome = engine.converge(nv, ws.load_config(), log=logs.get_logger())
+            if not outcome.converged_before:
+                raise HarnessError(f"the {count}-GPU state is not converged")
+            tick = latency.Recorder(sleep=False)
+            sim.sleep = tick
+            nv.observe(devices=False)
+            latency.remove(sim, latencies)
+        out[str(count)] = {
+            "converged_pass_calls": start.calls,
+            "converged_pass_ms": start.total * 1000,
+            "init_ms": latencies.get("nvmlInit_v2", 0) / 1000,
+            "geometry_read_calls": tick.calls,
+            "geometry_read_ms": tick.total * 1000,
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- imports
