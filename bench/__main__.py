@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -79,6 +80,9 @@ def settings(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
+    # The bench is not a service: nothing in this process may notify a supervisor.
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "MIGRESTORE_SIMULATE"):
+        os.environ.pop(key, None)
     cfg = settings(args)
     chosen = set(args.only or BENCHMARKS)
     latencies = latency.build(cfg["latency_overrides"], cfg["latency_scale"])
