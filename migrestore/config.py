@@ -21,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import json
@@ -153,6 +152,13 @@ class _Loader(yaml.SafeLoader):
             finally:
                 self._depth -= 1
         return super().compose_node(parent, index)  # type: ignore[no-any-return]
+
+
+def _close_matches(word: str, possibilities: Sequence[str], n: int, cutoff: float) -> List[str]:
+    """Suggestions for an error message (difflib is imported only when one is made)."""
+    import difflib
+
+    return difflib.get_close_matches(word, possibilities, n=n, cutoff=cutoff)
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -324,7 +330,7 @@ def _check_keys(
 ) -> None:
     for name, (knode, _value) in entries.items():
         if name not in allowed:
-            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)
+            close = _close_matches(name, allowed, n=1, cutoff=0.5)
             fix = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(allowed)
             doc.fail(knode, _sub(key, name), "unknown key", fix)
     for name in required:
@@ -542,7 +548,7 @@ def _catalog() -> _Catalog:
 
 
 def _closest(name: str, known: FrozenSet[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
+    close = _close_matches(name, sorted(known), n=3, cutoff=0.5)
     if close:
         return "closest known: " + ", ".join(close)
     return "'migrestore profiles' lists the profiles of the installed GPUs"
@@ -1343,7 +1349,7 @@ def _mig_parted(
             )
         select = labels[0]
     if select not in parsed:
-        close = difflib.get_close_matches(select, labels, n=1, cutoff=0.6)
+        close = _close_matches(select, labels, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         doc.fail(
             cnode,

@@ -18,13 +18,16 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from migrestore import config as configmod
-from migrestore import executor, hooks, planner, services
+from migrestore import planner
 from migrestore.errors import MigrestoreError
 from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
 from migrestore.nvml import Nvml
+
+if TYPE_CHECKING:
+    from migrestore.services import Systemctl
 
 APPLY_BUDGET = 120.0  # seconds asked of systemd for the NVML changes of one pass
 RESET_BUDGET = 60.0  # and for each GPU reset on top
@@ -69,7 +72,7 @@ class Outcome:
 SYSTEMD_RUNTIME = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
 
 
-def manages_units(ctl: Optional[services.Systemctl]) -> bool:
+def manages_units(ctl: Optional[Systemctl]) -> bool:
     """Client units can be managed when systemd runs (or a systemctl was named
     explicitly). Without systemd no unit can be running, so there is none to stop."""
     if ctl is None:
@@ -92,7 +95,7 @@ def converge(
     cfg: Config,
     *,
     log: Any,
-    ctl: Optional[services.Systemctl] = None,
+    ctl: Optional[Systemctl] = None,
     force: bool = False,
     status: Optional[Callable[[str], None]] = None,
     extend: Optional[Callable[[float], None]] = None,
@@ -115,6 +118,9 @@ def converge(
         log.info("gpu_unmatched", gpu=label, outcome="left as it is")
     if plan.converged:
         return Outcome(plan, before, unmatched=plan.unmatched, notes=plan.notes)
+
+    # Only a pass that changes something needs these (a converged start stays light).
+    from migrestore import executor, hooks, services
 
     for action in plan.actions:
         log.debug("planned", gpu=action.gpu_index, action=action.describe())

@@ -292,6 +292,10 @@ class Nvml:
         self._open = False
         self._gate = _Gate()
         self._gpus: Optional[List[_Gpu]] = None
+        # Profile tables are a property of the model and the MIG mode, not of one board:
+        # GPUs of the same name and PCI device ID share them, read once per session.
+        self._tables: Dict[Tuple[str, int, bool], Tuple[GiProfile, ...]] = {}
+        self._ci_tables: Dict[Tuple[str, int, bool], Dict[int, Tuple[CiProfile, ...]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -342,6 +346,8 @@ class Nvml:
             return
         self._open = False
         self._gpus = None
+        self._tables.clear()
+        self._ci_tables.clear()
         try:
             with _nvml("NVML: shut down"):
                 pynvml.nvmlShutdown()
@@ -741,6 +747,15 @@ class Nvml:
     def _load_table(self, gpu: _Gpu, current: bool) -> None:
         if gpu.table_mode is current:
             return
+        key = (gpu.name, gpu.pci_device_id, current)
+        shared = self._tables.get(key)
+        if shared is None:
+            shared = self._tables[key] = self._read_table(gpu)
+        gpu.gi_profiles = shared
+        gpu.ci_read = self._ci_tables.setdefault(key, {})
+        gpu.table_mode = current
+
+    def _read_table(self, gpu: _Gpu) -> Tuple[GiProfile, ...]:
         profiles: List[GiProfile] = []
         for index in range(MAX_PROFILE_INDEX):
             try:
@@ -778,9 +793,7 @@ class Nvml:
                     ofa=int(info.ofaCount),
                 )
             )
-        gpu.gi_profiles = tuple(profiles)
-        gpu.ci_read = {}
-        gpu.table_mode = current
+        return tuple(profiles)
 
     def _forget_tables(self, gpu: _Gpu) -> None:
         gpu.table_mode = None

@@ -101,3 +101,22 @@ def test_geometry_only_observe_skips_the_mig_device_scan(tmp_path: Path) -> None
             [(c.profile, c.placement) for c in gi.cis] for gi in b.instances
         ]
         assert all(ci.uuid == "" for gi in b.instances for ci in gi.cis)
+
+
+def test_identical_gpus_share_one_profile_table_read() -> None:
+    """Eight H100s read the GI profile table (and its placements) once, not eight times."""
+    with Nvml(simulate="h100-80gb-hbm3:1") as nv:
+        counter = count_calls()
+        nv.observe()
+        one = dict(counter.calls)
+    with Nvml(simulate="h100-80gb-hbm3:8,a100-80gb:1") as nv:
+        counter = count_calls()
+        observed = nv.observe()
+        many = dict(counter.calls)
+    table_calls = ("nvmlDeviceGetGpuInstanceProfileInfoV", "nvmlDeviceGetGpuInstancePossiblePlacements_v2")
+    for name in table_calls:
+        assert one[name] > 0
+        # the eight H100s cost what one does; the A100 reads its own table
+        assert many[name] <= 2 * one[name]
+    assert observed[8].profiles != observed[0].profiles
+    assert all(gpu.profiles == observed[0].profiles for gpu in observed[:8])
