@@ -312,10 +312,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
             try:
                 outcome = engine.converge(nv, cfg, log=log, ctl=ctl, force=args.force)
             except MigrestoreError as exc:
-                _write_state(args, "failed", str(exc), (), 0.0)
+                _write_state(args, "failed", str(exc), (), cfg=cfg, driver=engine.driver_of(nv))
                 raise
         result = "converged" if outcome.converged_before else "applied"
-        _write_state(args, result, outcome.summary(), outcome.observed, outcome.duration)
+        observed = outcome.observed if outcome.devices_read else nv.observe()
+        _write_state(
+            args,
+            result,
+            outcome.summary(),
+            observed,
+            cfg=cfg,
+            outcome=outcome,
+            driver=engine.driver_of(nv),
+        )
     if outcome.converged_before:
         log.info("converged", outcome="nothing to do")
     else:
@@ -324,14 +333,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _write_state(
-    args: argparse.Namespace, result: str, message: str, observed: Any, duration: float
+    args: argparse.Namespace,
+    result: str,
+    message: str,
+    observed: Any,
+    *,
+    cfg: Any = None,
+    outcome: Any = None,
+    driver: Optional[str] = None,
 ) -> None:
-    from migrestore import runtime, statefile
+    from migrestore import engine, runtime, statefile
 
     try:
         statefile.write_state(
             runtime.state_path(_simulate(args)),
-            statefile.build_state(result, message, observed, duration),
+            engine.state_document(
+                result, message, observed, cfg=cfg, outcome=outcome, driver=driver
+            ),
         )
     except (OSError, MigrestoreError) as exc:
         sys.stderr.write(f"migrestore: warning: could not write the state file: {exc}\n")

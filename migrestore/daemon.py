@@ -135,10 +135,20 @@ class Daemon:
                     said = True
                 time.sleep(DRIVER_POLL)
 
-    def write_state(self, result: str, message: str, observed: Any, duration: float) -> None:
+    def write_state(
+        self,
+        result: str,
+        message: str,
+        observed: Tuple[GpuState, ...],
+        outcome: Optional[engine.Outcome] = None,
+    ) -> None:
+        driver = engine.driver_of(self.nv)
         try:
             statefile.write_state(
-                self.state_path, statefile.build_state(result, message, observed, duration)
+                self.state_path,
+                engine.state_document(
+                    result, message, observed, cfg=self.cfg, outcome=outcome, driver=driver
+                ),
             )
         except (OSError, MigrestoreError) as exc:
             self.log.warning("state_file_not_written", path=self.state_path, error=str(exc))
@@ -156,11 +166,15 @@ class Daemon:
                 observed=observed,
                 state_path=self.state_path,
             )
-        result = "converged" if outcome.converged_before else "applied"
-        self.write_state(result, outcome.summary(), outcome.observed, outcome.duration)
+        if outcome.devices_read:
+            self.record(outcome, outcome.observed)
         for failure in outcome.hook_failures:
             self.log.error("hook_failed", outcome=failure)
         return outcome
+
+    def record(self, outcome: engine.Outcome, observed: Tuple[GpuState, ...]) -> None:
+        result = "converged" if outcome.converged_before else "applied"
+        self.write_state(result, outcome.summary(), observed, outcome)
 
     def start(self) -> Optional[int]:
         """Steps 2-4. Returns an exit code on failure, None when READY was sent."""
@@ -174,6 +188,10 @@ class Daemon:
         else:
             self.log.info("restored", changes=outcome.changes, outcome=summary)
         self.notifier.ready(summary)
+        if not outcome.devices_read:
+            # Converged: READY went out on the verified geometry; the state file also
+            # lists the MIG device UUIDs, read now.
+            self.record(outcome, self.nv.observe())
         return None
 
     def check(self, reason: str) -> None:
@@ -204,7 +222,7 @@ class Daemon:
                 "drift_detected", outcome="reported only (drift.policy: warn)", drift=drift
             )
             self.notifier.status(f"drift: {drift}")
-            self.write_state("drift", drift, observed, 0.0)
+            self.write_state("drift", drift, observed)
 
     def reload(self) -> None:
         """SIGHUP: load the config again and converge to it. A config that is invalid,
@@ -259,7 +277,7 @@ class Daemon:
                 # the next interval (the clients it stopped were started again).
                 self.log.error("watch_failed", error=str(exc))
                 self.notifier.status(f"failed: {exc}")
-                self.write_state("failed", str(exc), (), 0.0)
+                self.write_state("failed", str(exc), ())
                 next_check = time.monotonic() + interval
 
     def close(self) -> None:
@@ -303,7 +321,7 @@ def run(
         except MigrestoreError as exc:
             log.error("failed", error=str(exc), exit_code=exc.exit_code)
             notifier.status(f"failed: {exc}")
-            daemon.write_state("failed", str(exc), (), 0.0)
+            daemon.write_state("failed", str(exc), ())
             return exc.exit_code
         if once:
             return EXIT_OK

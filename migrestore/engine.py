@@ -41,10 +41,14 @@ class Outcome:
     observed: Tuple[GpuState, ...]  # the geometry after the pass
     changes: int = 0
     stopped: Tuple[str, ...] = ()
+    start_failed: Tuple[str, ...] = ()  # stopped units whose start could not be queued
     duration: float = 0.0
     hook_failures: Tuple[str, ...] = ()
     unmatched: Tuple[str, ...] = ()
     notes: Tuple[str, ...] = field(default=())
+    # False: ``observed`` is the geometry alone (no MIG device UUIDs nor processes):
+    # a converged pass decides from that and leaves the device scan to the caller.
+    devices_read: bool = True
 
     @property
     def converged_before(self) -> bool:
@@ -64,6 +68,8 @@ class Outcome:
             )
         if self.unmatched:
             text += f"; {len(self.unmatched)} GPU(s) not in the config, left as they are"
+        if self.start_failed:
+            text += f"; could not start again: {', '.join(self.start_failed)}"
         if self.hook_failures:
             text += f"; {len(self.hook_failures)} hook(s) failed"
         return text
@@ -78,6 +84,43 @@ def manages_units(ctl: Optional[Systemctl]) -> bool:
     if ctl is None:
         return False
     return ctl.binary != "systemctl" or os.path.isdir(SYSTEMD_RUNTIME)
+
+
+def driver_of(nv: Optional[Nvml]) -> Optional[str]:
+    """The driver version for the state file, or None when it cannot be read."""
+    if nv is None:
+        return None
+    try:
+        return nv.driver_version()
+    except MigrestoreError:
+        return None
+
+
+def state_document(
+    result: str,
+    message: str,
+    observed: Tuple[GpuState, ...],
+    *,
+    cfg: Optional[Config] = None,
+    outcome: Optional[Outcome] = None,
+    driver: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The state file's content for a pass (or a failure, ``outcome`` None)."""
+    from migrestore import statefile
+
+    return statefile.build_state(
+        result,
+        message,
+        observed,
+        outcome.duration if outcome is not None else 0.0,
+        config_path=cfg.path if cfg is not None else None,
+        selected=cfg.selected if cfg is not None else None,
+        driver=driver,
+        stopped_units=outcome.stopped if outcome is not None else (),
+        start_failed=outcome.start_failed if outcome is not None else (),
+        hooks_failed=outcome.hook_failures if outcome is not None else (),
+        unmatched=outcome.unmatched if outcome is not None else (),
+    )
 
 
 def make_plan(
@@ -112,7 +155,19 @@ def converge(
     say = status or (lambda _text: None)
     more_time = extend or (lambda _seconds: None)
     started = time.monotonic()
-    before = observed if observed is not None else nv.observe()
+    if observed is None:
+        # Whether anything must change is a question about the geometry alone; the
+        # MIG device scan (UUIDs, processes) is read only when something must.
+        light = nv.observe(devices=False)
+        plan, desired = make_plan(cfg, light, force=True)
+        if plan.converged:
+            for label in plan.unmatched:
+                log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+            return Outcome(
+                plan, light, unmatched=plan.unmatched, notes=plan.notes, devices_read=False
+            )
+        observed = nv.observe()
+    before = observed
     plan, desired = make_plan(cfg, before, force=force)
     for label in plan.unmatched:
         log.info("gpu_unmatched", gpu=label, outcome="left as it is")
@@ -149,8 +204,9 @@ def converge(
         if ctl is not None and stopped:
             services.start_clients(ctl, stopped, log)
         raise
+    start_failed: Tuple[str, ...] = ()
     if ctl is not None and stopped:
-        services.start_clients(ctl, stopped, log)
+        start_failed = services.start_clients(ctl, stopped, log)
     duration = time.monotonic() - started
     failures: Tuple[str, ...] = ()
     if cfg.hooks:
@@ -169,6 +225,7 @@ def converge(
         result.observed,
         changes=result.changes,
         stopped=stopped,
+        start_failed=start_failed,
         duration=duration,
         hook_failures=failures,
         unmatched=plan.unmatched,

@@ -4,6 +4,7 @@ whose client unit really holds the simulated GPU, simulated GPUs in a state file
 from __future__ import annotations
 
 import fcntl
+import json
 import signal
 import subprocess
 import sys
@@ -92,6 +93,12 @@ def test_converged_start_touches_no_gpu_and_no_unit(hopper: Node) -> None:
     assert hopper.changes() == before
     assert hopper.units.calls()[calls:] == []
     assert hopper.stop_daemon()[0] == 0
+    # the last-result file has the geometry with its MIG device UUIDs
+    state = json.loads(Path(hopper.env["MIGRESTORE_STATE"]).read_text())
+    assert state["result"] == "converged"
+    assert state["config"] == str(hopper.config)
+    uuids = [ci["uuid"] for gpu in state["gpus"] for gi in gpu["instances"] for ci in gi["compute"]]
+    assert len(uuids) == 6 and all(u.startswith("MIG-") for u in uuids)
 
 
 def test_held_client_is_stopped_for_an_ampere_mode_change_and_started_again(ampere: Node) -> None:
