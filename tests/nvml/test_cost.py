@@ -113,7 +113,10 @@ def test_identical_gpus_share_one_profile_table_read() -> None:
         counter = count_calls()
         observed = nv.observe()
         many = dict(counter.calls)
-    table_calls = ("nvmlDeviceGetGpuInstanceProfileInfoV", "nvmlDeviceGetGpuInstancePossiblePlacements_v2")
+    table_calls = (
+        "nvmlDeviceGetGpuInstanceProfileInfoV",
+        "nvmlDeviceGetGpuInstancePossiblePlacements_v2",
+    )
     for name in table_calls:
         assert one[name] > 0
         # the eight H100s cost what one does; the A100 reads its own table
