@@ -1,0 +1,69 @@
+"""Fault matrix: every scenario, one NVML fault per run at each call position it makes.
+
+For each scenario the fault-free run is counted first (calls per NVML function); then,
+for each call position and each error that call can return (``scenarios.FAULTS``), one
+run with that single fault, judged by ``matrix.Driver.check``: a clear error with the
+right exit code (or a verified success for a harmless read), clients running again,
+no instance with processes destroyed, and a fault-free run after it converging.
+
+By default a sample of positions runs (the first call of every read function; the
+first, middle and last call of every change); ``MIGRESTORE_RELIABILITY_FULL=1`` runs
+every position. Runs are split over two processes, each with its own simulated node.
+docs/RELIABILITY.md has the figures of both and the commands.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import pytest
+
+from tests.reliability.matrix import (
+    Record,
+    describe_failures,
+    full_run,
+    publish,
+    records_json,
+    render,
+    run_shares,
+    session,
+    successes,
+)
+from tests.reliability.scenarios import ERRORS, SCENARIOS, Fault, Scenario, select
+
+WORKERS = 4
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_fault_matrix(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with session(scenario, monkeypatch, capsys) as driver:
+        counts = driver.count()
+    faults = select(counts, full_run())
+    assert faults, "the fault-free run made no NVML call"
+
+    def part(share: Sequence[Fault]) -> List[Record]:
+        with session(scenario, monkeypatch, capsys) as driver:
+            return [driver.check(fault) for fault in share]
+
+    records = run_shares(WORKERS, faults, part)
+    publish(
+        f"fault_matrix-{scenario.name}",
+        {
+            "scenario": scenario.name,
+            "title": scenario.title,
+            "full": full_run(),
+            "calls": counts,
+            "records": records_json(records),
+        },
+    )
+    unreached = sum(1 for r in records if not r.reached)
+    with capsys.disabled():
+        print(f"\n{scenario.title}: {sum(counts.values())} NVML calls fault-free")
+        print(render(records, ERRORS))
+        print("clean successes (fault on a harmless read):", successes(records) or "none")
+        if unreached:
+            print(f"{unreached} position(s) of shared profile reads not reached (thread timing)")
+    assert all(r.passed for r in records if r.reached), describe_failures(records)
+    assert unreached <= len(records) // 10, f"{unreached} of {len(records)} faults never fired"
