@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -776,20 +775,3 @@ def test_status_says_why_it_shows_no_last_result(
     result = run(capsys, "--simulate", "h100-80gb-hbm3:1", "status")
     assert result.code == 0
     assert str(state) in result.err and "not valid JSON" in result.err
-
-
-def test_the_state_file_is_written_with_mode_0644_even_under_umask_077(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    state = tmp_path / "run" / "state.json"
-    monkeypatch.setenv("MIGRESTORE_STATE", str(state))
-    cfg = tmp_path / "migrestore.yaml"
-    cfg.write_text("version: 1\nclients: []\ngpus: []\n")
-    old = os.umask(0o077)
-    try:
-        result = run(capsys, "--simulate", "h100-80gb-hbm3:1", "-c", str(cfg), "apply")
-    finally:
-        os.umask(old)
-    assert result.code == 0, result.err
-    assert stat.S_IMODE(state.stat().st_mode) == 0o644
-    assert stat.S_IMODE(state.parent.stat().st_mode) == 0o755
