@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import pytest
 import structlog
@@ -38,6 +38,7 @@ from migrestore import config as configmod
 from migrestore import engine, logs, statefile
 from migrestore.daemon import Daemon
 from migrestore.lock import GpuLock
+from migrestore.model import Config
 from migrestore.notify import Notifier
 from migrestore.nvml import Nvml
 from migrestore.simulator import Simulator
@@ -101,7 +102,7 @@ def passes(log: str) -> List[int]:
     return [n for n in found if n]
 
 
-def runs_of(changes: Sequence[Dict[str, object]]) -> List[Tuple[int, int]]:
+def runs_of(changes: Sequence[Mapping[str, Any]]) -> List[Tuple[int, int]]:
     """The change log as (pid, number of consecutive changes by that pid)."""
     out: List[Tuple[int, int]] = []
     for change in changes:
@@ -292,7 +293,7 @@ def test_a_watch_loop_under_random_drift_keeps_converging_with_flat_memory(
     assert per_tick < RSS_SLOPE_KIB, samples
 
 
-def converged(rig: Rig, cfg: configmod.Config) -> bool:
+def converged(rig: Rig, cfg: Config) -> bool:
     with Nvml(simulate=rig.state) as nv:
         plan, _ = engine.make_plan(cfg, nv.observe(devices=False), force=True)
     return plan.converged
