@@ -190,7 +190,8 @@ def _last_result(simulate: Optional[str]) -> Optional[Dict[str, Any]]:
 
     try:
         return statefile.read_state(runtime.state_path(simulate))
-    except MigrestoreError:
+    except MigrestoreError as exc:
+        sys.stderr.write(f"migrestore: warning: no last result shown: {exc}\n")
         return None
 
 
@@ -310,7 +311,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
         with GpuLock(runtime.lock_path(_simulate(args)), timeout=args.lock_timeout):
             ctl = None if args.no_clients else Systemctl()
             try:
-                outcome = engine.converge(nv, cfg, log=log, ctl=ctl, force=args.force)
+                outcome = engine.converge(
+                    nv,
+                    cfg,
+                    log=log,
+                    ctl=ctl,
+                    force=args.force,
+                    state_path=runtime.state_path(_simulate(args)),
+                )
             except MigrestoreError as exc:
                 _write_state(args, "failed", str(exc), (), cfg=cfg, driver=engine.driver_of(nv))
                 raise

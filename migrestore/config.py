@@ -931,8 +931,10 @@ _TOP_KEYS = (
     "gpus",
     "mig-parted",
 )
+# A unit name never starts with "-": it would reach systemctl's argv as an option.
 _UNIT = re.compile(
-    r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|path|mount|scope|slice|device|swap)"
+    r"[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]*"
+    r"\.(service|socket|target|timer|path|mount|scope|slice|device|swap)"
 )
 _HOOK_POINTS = ("post-apply",)
 
@@ -943,7 +945,12 @@ def _clients(doc: _Doc, node: yaml.Node, key: str) -> Tuple[str, ...]:
         item_key = _at(key, i)
         unit = _str(doc, item, item_key, "a systemd unit name")
         if not _UNIT.fullmatch(unit) or len(unit) > 255:
-            fix = f"write {unit}.service" if re.fullmatch(r"[A-Za-z0-9:_.@-]+", unit) else ""
+            if unit.startswith("-"):
+                fix = "a unit name cannot start with '-'"
+            elif re.fullmatch(r"[A-Za-z0-9:_.@-]+", unit):
+                fix = f"write {unit}.service"
+            else:
+                fix = ""
             doc.fail(item, item_key, f"{unit!r} is not a systemd unit name", fix)
         if unit in ("migrestore.service", "migrestore"):
             doc.fail(item, item_key, "migrestore cannot stop itself", "remove it from clients")
@@ -1449,6 +1456,13 @@ def _read_text(path: str, secure: bool, missing_fix: str = "") -> str:
             if info.st_mode & 0o022:
                 mode = stat.S_IMODE(info.st_mode)
                 fail(f"is writable by group or others (mode {mode:04o}): refusing to use it", fix)
+            unsafe = _unsafe_directory(path)
+            if unsafe is not None:
+                fail(
+                    f"{unsafe}, so another user could put another file in its place: "
+                    "refusing to use it",
+                    "keep it in a root-owned directory such as /etc",
+                )
         if info.st_size > MAX_BYTES:
             fail(f"is {info.st_size} bytes; a config is at most {MAX_BYTES} bytes (1 MiB)")
         chunks: List[bytes] = []
@@ -1494,6 +1508,29 @@ def _os_reason(exc: BaseException) -> str:
     return _one_line(exc)
 
 
+def _unsafe_directory(path: str) -> Optional[str]:
+    """The first directory above ``path`` (symlinks resolved) that someone other than
+    root could use to put another file in its place, or None. Such a directory is not
+    owned by root, or group or others can write it without the sticky bit (a sticky
+    /tmp is safe: only the owner of a root-owned file can rename or remove it)."""
+    current = os.path.dirname(os.path.realpath(path))
+    while True:
+        try:
+            info = os.stat(current)
+        except OSError:
+            return None  # the file's own check reports what is missing
+        if info.st_uid != 0:
+            return f"{current} is owned by uid {info.st_uid}"
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            return (
+                f"{current} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+            )
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
 def _check_hook_executable(config: Config) -> None:
     """Hooks run as root: refuse executables that someone other than root could change."""
     for i, hook in enumerate(config.hooks):
@@ -1521,6 +1558,13 @@ def _check_hook_executable(config: Config) -> None:
             fail(f"hook executable {exe} is writable by group or others (mode {mode:04o})")
         if not info.st_mode & 0o111:
             fail(f"hook executable {exe} is not executable", f"chmod 0755 {exe}")
+        unsafe = _unsafe_directory(exe)
+        if unsafe is not None:
+            fail(
+                f"hook executable {exe}: {unsafe}, so another user could replace the "
+                "program that runs as root",
+                "keep hooks in a root-owned directory such as /usr/local/sbin",
+            )
 
 
 def load(

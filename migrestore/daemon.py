@@ -211,7 +211,9 @@ class Daemon:
         if reason == "reload" or policy == DRIFT_RESTORE:
             if reason != "reload":
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
-            outcome = self.converge(observed)
+            # Observed again under the lock: another migrestore may have changed the
+            # GPUs while this tick waited for it.
+            outcome = self.converge()
             self.summary = outcome.summary()
             self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
             self.notifier.status(self.summary)

@@ -15,14 +15,17 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from migrestore import config as configmod
 from migrestore import planner
-from migrestore.errors import MigrestoreError
+from migrestore.errors import InfeasibleError, MigrestoreError
 from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
 from migrestore.nvml import Nvml
 
@@ -127,10 +130,79 @@ def make_plan(
     cfg: Config, observed: Tuple[GpuState, ...], *, force: bool
 ) -> Tuple[Plan, Dict[str, Any]]:
     desired, unmatched = configmod.resolve(cfg, observed)
-    plan = planner.plan(desired, observed, force=force, allow_reset=cfg.ampere_reset == RESET_ALLOW)
+    try:
+        plan = planner.plan(
+            desired, observed, force=force, allow_reset=cfg.ampere_reset == RESET_ALLOW
+        )
+    except InfeasibleError as exc:
+        if exc.where:
+            raise
+        # Name the rule that asked for the layout, so the operator knows what to edit.
+        where = cfg.path
+        for gpu in observed:
+            spec = desired.get(gpu.uuid)
+            if spec is not None and exc.gpu in (gpu.label(), str(gpu.index), gpu.uuid):
+                where = spec.source or cfg.path
+        raise InfeasibleError(exc.gpu, exc.reason, where) from None
     if unmatched and not plan.unmatched:
         plan = Plan(plan.gpus, tuple(unmatched), plan.notes)
     return plan, dict(desired)
+
+
+def _pending_file(state_path: str) -> str:
+    """Where the units stopped and not yet started again are recorded (rule 3): beside
+    the state file, so a run killed between the stop and the start leaves a note that
+    the next run reads."""
+    return state_path + ".stopped-units" if state_path else ""
+
+
+def _read_pending(path: str, log: Any) -> Tuple[str, ...]:
+    if not path:
+        return ()
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError, RecursionError) as exc:
+        log.warning("stopped_units_unreadable", path=path, error=str(exc))
+        return ()
+    units = data.get("units") if isinstance(data, dict) else None
+    if not isinstance(units, list):
+        return ()
+    from migrestore import services
+
+    return tuple(u for u in units if isinstance(u, str) and services.check_unit_name(u) is None)
+
+
+def _write_pending(path: str, units: Tuple[str, ...]) -> None:
+    if not path:
+        return
+    if not units:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".stopped-", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"units": list(units)}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _restart(
+    ctl: Optional[Systemctl], units: Tuple[str, ...], pending_path: str, log: Any
+) -> Tuple[str, ...]:
+    """Start ``units`` again (--no-block); forget those whose start was queued."""
+    if ctl is None:
+        return ()
+    from migrestore import services
+
+    failed = services.start_clients(ctl, units, log) if units else ()
+    _write_pending(pending_path, tuple(u for u in units if u in failed))
+    return failed
 
 
 def converge(
@@ -146,7 +218,8 @@ def converge(
     state_path: str = "",
 ) -> Outcome:
     """Bring the GPUs to ``cfg``. ``ctl`` None: no client units are managed (tests, or
-    ``apply --no-clients``).
+    ``apply --no-clients``). Units an earlier run stopped and could not start again
+    (it was killed, say) are started by this one.
 
     Raises:
         InfeasibleError, BusyError: before anything is touched.
@@ -155,6 +228,10 @@ def converge(
     say = status or (lambda _text: None)
     more_time = extend or (lambda _seconds: None)
     started = time.monotonic()
+    pending_path = _pending_file(state_path) if manages_units(ctl) else ""
+    left_stopped = _read_pending(pending_path, log)
+    if left_stopped:
+        log.warning("units_left_stopped", units=",".join(left_stopped), outcome="starting them")
     if observed is None:
         # Whether anything must change is a question about the geometry alone; the
         # MIG device scan (UUIDs, processes) is read only when something must.
@@ -163,16 +240,29 @@ def converge(
         if plan.converged:
             for label in plan.unmatched:
                 log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+            failed = _restart(ctl, left_stopped, pending_path, log)
             return Outcome(
-                plan, light, unmatched=plan.unmatched, notes=plan.notes, devices_read=False
+                plan,
+                light,
+                start_failed=failed,
+                unmatched=plan.unmatched,
+                notes=plan.notes,
+                devices_read=False,
             )
         observed = nv.observe()
     before = observed
-    plan, desired = make_plan(cfg, before, force=force)
+    try:
+        plan, desired = make_plan(cfg, before, force=force)
+    except MigrestoreError:
+        _restart(ctl, left_stopped, pending_path, log)
+        raise
     for label in plan.unmatched:
         log.info("gpu_unmatched", gpu=label, outcome="left as it is")
     if plan.converged:
-        return Outcome(plan, before, unmatched=plan.unmatched, notes=plan.notes)
+        failed = _restart(ctl, left_stopped, pending_path, log)
+        return Outcome(
+            plan, before, start_failed=failed, unmatched=plan.unmatched, notes=plan.notes
+        )
 
     # Only a pass that changes something needs these (a converged start stays light).
     from migrestore import executor, hooks, services
@@ -180,15 +270,21 @@ def converge(
     for action in plan.actions:
         log.debug("planned", gpu=action.gpu_index, action=action.describe())
     stopped: Tuple[str, ...] = ()
-    if cfg.clients and manages_units(ctl):
-        assert ctl is not None
-        say("stopping GPU clients")
-        # systemd's start timeout must cover every bounded stop
-        more_time(cfg.unit_timeout * len(cfg.clients) + 30)
-        stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
-    elif cfg.clients and ctl is not None:
-        log.warning("clients_not_managed", outcome="systemd is not running: no client unit to stop")
+    start_failed: Tuple[str, ...] = ()
     try:
+        if cfg.clients and manages_units(ctl):
+            assert ctl is not None
+            say("stopping GPU clients")
+            # systemd's start timeout must cover every bounded stop
+            more_time(cfg.unit_timeout * len(cfg.clients) + 30)
+            active = tuple(u for u in cfg.clients if ctl.is_active(u))
+            # written before the first stop: a run killed from here on leaves the note
+            _write_pending(pending_path, tuple(dict.fromkeys(left_stopped + active)))
+            stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
+        elif cfg.clients and ctl is not None:
+            log.warning(
+                "clients_not_managed", outcome="systemd is not running: no client unit to stop"
+            )
         say(f"applying {len(plan.actions)} changes")
         resets = sum(1 for a in plan.actions if a.kind == RESET)
         more_time(APPLY_BUDGET + RESET_BUDGET * resets)
@@ -200,13 +296,11 @@ def converge(
             log=log,
             allow_reset=cfg.ampere_reset == RESET_ALLOW,
         )
-    except MigrestoreError:
-        if ctl is not None and stopped:
-            services.start_clients(ctl, stopped, log)
-        raise
-    start_failed: Tuple[str, ...] = ()
-    if ctl is not None and stopped:
-        start_failed = services.start_clients(ctl, stopped, log)
+    finally:
+        # On success, on every error and on an interrupt (Ctrl-C): exactly the units
+        # stopped, plus those an earlier run left stopped, are started again.
+        again = tuple(dict.fromkeys(stopped + left_stopped))
+        start_failed = _restart(ctl, again, pending_path, log)
     duration = time.monotonic() - started
     failures: Tuple[str, ...] = ()
     if cfg.hooks:

@@ -67,10 +67,12 @@ class InfeasibleError(MigrestoreError):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, gpu: str, reason: str) -> None:
+    def __init__(self, gpu: str, reason: str, where: str = "") -> None:
         self.gpu = gpu
         self.reason = reason
-        super().__init__(f"GPU {gpu}: {reason}; nothing was changed")
+        self.where = where  # "file:line" of the rule that asked for it, when known
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}GPU {gpu}: {reason}; nothing was changed")
 
 
 class DriverUnavailable(MigrestoreError):

@@ -246,6 +246,10 @@ def read_state(path: Optional[str] = None) -> Optional[Dict[str, Any]]:
         raise StateFileError(
             f"state file {target}:{err.lineno}:{err.colno}: not valid JSON: {err.msg} ({_FIX})"
         ) from None
+    except (ValueError, RecursionError) as err:
+        # an integer too long to convert, or nesting deeper than the recursion limit
+        reason = err if isinstance(err, ValueError) else "nested too deeply"
+        raise StateFileError(f"state file {target}: not valid JSON: {reason} ({_FIX})") from None
     if not isinstance(data, dict):
         raise StateFileError(f"state file {target}: not a JSON object ({_FIX})")
     version = data.get("version")

@@ -46,7 +46,11 @@ def against_model(cfg: Config, model_name: str) -> List[str]:
         if not spec.mig:
             lines.append(f"{where}: MIG off")
             continue
-        solved = placement.solve_gis(gpu, table.profiles, (), spec.instances)
+        source = spec.source or (f"{cfg.path}:{rule.line}" if rule.line else cfg.path)
+        try:
+            solved = placement.solve_gis(gpu, table.profiles, (), spec.instances)
+        except InfeasibleError as exc:
+            raise InfeasibleError(gpu, exc.reason, source) from None
         for inst, where_gi, _kept in solved:
             if inst.compute:
                 prof = next(p for p in table.profiles if p.name == inst.profile)
@@ -54,8 +58,8 @@ def against_model(cfg: Config, model_name: str) -> List[str]:
                     placement.solve_cis(gpu, prof, (), inst.compute)
                 except InfeasibleError as exc:
                     raise InfeasibleError(
-                        gpu, f"{inst.profile} at {where_gi}: {exc.reason}"
-                    ) from exc
+                        gpu, f"{inst.profile} at {where_gi}: {exc.reason}", source
+                    ) from None
         layout = ", ".join(f"{inst.profile}@{where_gi}" for inst, where_gi, _ in solved)
         lines.append(f"{where}: feasible: {layout or 'MIG on, no instances'}")
     return lines

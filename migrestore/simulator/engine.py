@@ -53,6 +53,9 @@ DGX_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
 # --------------------------------------------------------------------------- identity
 
 
+MAX_GPUS = 64  # more than any node has; bounds what a spec can make the simulator build
+
+
 def table_of(gpu: GpuRecord) -> tables.ModelTable:
     return tables.model(gpu.model)
 
@@ -101,14 +104,16 @@ def parse_spec(spec: str) -> List[str]:
         name, _, count_text = part.partition(":")
         count = 1
         if count_text:
-            if not count_text.isdigit() or int(count_text) < 1:
+            if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_GPUS:
                 raise ValueError(
                     f"bad GPU count {count_text!r} in simulator spec {spec!r} "
-                    "(write MODEL:COUNT with COUNT >= 1)"
+                    f"(write MODEL:COUNT with COUNT from 1 to {MAX_GPUS})"
                 )
             count = int(count_text)
         tables.model(name)
         models.extend([name] * count)
+    if len(models) > MAX_GPUS:
+        raise ValueError(f"simulator spec {spec!r} asks for {len(models)} GPUs; at most {MAX_GPUS}")
     return models
 
 

@@ -369,9 +369,11 @@ def parse_text(text: str, where: str) -> SimState:
     """
     try:
         data = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
+        # RecursionError: nested deeper than the parser's recursion limit
+        reason = err if isinstance(err, ValueError) else "nested too deeply"
         raise StateFileError(
-            f"{where}: not valid JSON ({err}); recreate it with 'migrestore-sim init'"
+            f"{where}: not valid JSON ({reason}); recreate it with 'migrestore-sim init'"
         ) from None
     return from_json(data, where)
 

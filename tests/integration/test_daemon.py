@@ -184,7 +184,8 @@ def test_ampere_pending_mode_is_reset_only_when_allowed(ampere: Node) -> None:
     ampere.start_daemon()
     code, err = ampere.wait_daemon()
     assert code == 78
-    assert "reboot" in ampere.notify.fields("STATUS")[-1]
+    assert ampere.notify.fields("STATUS")[-1].startswith(f"failed: {ampere.config}:")
+    assert "reboot" in err
     assert ampere.changes() == before
     ampere.write_config(config(reset="allow"))
     ampere.start_daemon("--once")
