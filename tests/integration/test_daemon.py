@@ -384,3 +384,33 @@ def test_ampere_without_reset_says_a_reboot_is_needed(tmp_path: Path) -> None:
         assert node.mig(0)["current"] is False
     finally:
         node.cleanup()
+
+
+def test_units_a_killed_run_left_stopped_are_started_by_the_next_run(hopper: Node) -> None:
+    """The note a run writes before stopping units survives a SIGKILL; the next run (here
+    one with nothing to change) starts those units again and forgets the note."""
+    hopper.write_config(config())
+    done = hopper.migrestore("apply", "--no-clients")
+    assert done.returncode == 0, done.stderr
+    hopper.units.add("nvidia-dcgm.service", state="inactive")
+    note = Path(hopper.env["MIGRESTORE_STATE"] + ".stopped-units")
+    note.write_text(json.dumps({"units": ["nvidia-dcgm.service"]}))
+    before = hopper.changes()
+    done = hopper.migrestore("apply")
+    assert done.returncode == 0, done.stderr
+    assert "units_left_stopped" in done.stderr
+    assert hopper.units.state("nvidia-dcgm.service") == "active"
+    assert not note.exists()
+    assert hopper.changes() == before
+
+
+def test_apply_records_the_units_it_stops_until_it_starts_them(hopper: Node) -> None:
+    hopper.write_config(config())
+    hopper.units.add("nvidia-dcgm.service")
+    note = Path(hopper.env["MIGRESTORE_STATE"] + ".stopped-units")
+    done = hopper.migrestore("apply")
+    assert done.returncode == 0, done.stderr
+    calls = hopper.units.calls()
+    assert "--no-ask-password stop nvidia-dcgm.service" in calls
+    assert hopper.units.state("nvidia-dcgm.service") == "active"
+    assert not note.exists()
