@@ -79,6 +79,11 @@ def fork_command(argv: Sequence[str], log_path: Path) -> int:
         return pid
     code = 70
     try:
+        # a new process starts with the default handlers, whatever this one installed
+        # (an in-process `daemon --once` leaves its own)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
         out = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - until _exit
         sys.stdout = sys.stderr = out
         code = cli.main(list(argv))
@@ -172,11 +177,11 @@ class Crasher:
         reset = any(c["function"] == "gpu_reset" for c in self.rig.sim.changes()[-made:])
         return made, reset
 
-    def slow_changes(self, reset: bool) -> None:
+    def slow_changes(self, reset: bool, us: int = CHANGE_LATENCY_US) -> None:
         for function in LATENCY_CALLS:
-            self.rig.sim.latency(CHANGE_LATENCY_US, function)
+            self.rig.sim.latency(us, function)
         if reset:
-            self.rig.sim.latency(CHANGE_LATENCY_US, AFTER_RESET)
+            self.rig.sim.latency(us, AFTER_RESET)
 
     def fast_changes(self) -> None:
         for function in (*LATENCY_CALLS, AFTER_RESET):
@@ -211,7 +216,12 @@ class Crasher:
         daemon's first pass is what a restarted unit does (``daemon --once``)."""
         if not self.daemon:
             return self.driver.once()
-        done = self.rig.migrestore(self.capsys, "daemon", "--once")
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            done = self.rig.migrestore(self.capsys, "daemon", "--once")
+        finally:
+            for signum, handler in saved.items():  # the daemon leaves its handlers installed
+                signal.signal(signum, handler)
         return done.code, done.err.strip().splitlines()[-1] if done.code else ""
 
 

@@ -309,18 +309,6 @@ def test_load_helpers_see_interleaving() -> None:
     assert json.dumps(runs)
 
 
-STALE = (
-    "Daemon.check observes the GPUs before it takes the GPU lock and then converges from "
-    "that observation once it has the lock (daemon.py, check() passes `observed` to "
-    "self.converge, which engine.converge plans from); when another migrestore changed "
-    "the GPUs meanwhile the tick acts on a stale view: here it creates a GI that is "
-    "already there and fails with NVML_ERROR_INSUFFICIENT_RESOURCES (with other changes "
-    "it could destroy what the other process just made); proposed: observe again after "
-    "the lock is taken (converge(observed=None) under the lock)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STALE)
 def test_a_watch_tick_that_waited_for_the_lock_plans_from_what_it_finds(rig: Rig) -> None:
     cfg = rig.write_config(EIGHT.replace("interval: 1", "interval: 60"))
     journal = io.StringIO()

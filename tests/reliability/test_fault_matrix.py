@@ -14,6 +14,7 @@ docs/RELIABILITY.md has the figures of both and the commands.
 
 from __future__ import annotations
 
+import subprocess
 from typing import List, Sequence
 
 import pytest
@@ -22,6 +23,7 @@ from tests.reliability.matrix import (
     Record,
     describe_failures,
     full_run,
+    judge_message,
     publish,
     records_json,
     render,
@@ -29,7 +31,8 @@ from tests.reliability.matrix import (
     session,
     successes,
 )
-from tests.reliability.scenarios import ERRORS, SCENARIOS, Fault, Scenario, select
+from tests.reliability.rig import PROMPT_SYSTEMCTL, destroy_gi_at
+from tests.reliability.scenarios import BY_NAME, ERRORS, SCENARIOS, Fault, Scenario, select
 
 WORKERS = 4
 
@@ -67,3 +70,36 @@ def test_fault_matrix(
             print(f"{unreached} position(s) of shared profile reads not reached (thread timing)")
     assert all(r.passed for r in records if r.reached), describe_failures(records)
     assert unreached <= len(records) // 10, f"{unreached} of {len(records)} faults never fired"
+
+
+def test_the_judge_is_not_vacuous(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the matrix asserts can fail: a message without the error, the GPU or the
+    action; a client left stopped; a worker's instance gone."""
+    fault = Fault("nvmlDeviceCreateGpuInstanceWithPlacement", 1, "NVML_ERROR_IN_USE")
+    label = "GPU 0 (GPU-d66a6dd8-0874-5ca4-baec-ad40494a6f9b)"
+    assert (
+        judge_message(fault, f"{label}: create GI 1g.10gb at 0:1 failed: NVML_ERROR_IN_USE") == []
+    )
+    assert judge_message(fault, f"{label}: create GI failed: NVML_ERROR_UNKNOWN")
+    assert judge_message(fault, "create GI 1g.10gb at 0:1 failed: NVML_ERROR_IN_USE")
+    assert judge_message(fault, f"{label}: NVML_ERROR_IN_USE")
+    scenario = BY_NAME["ci-subdivision"]
+    with session(scenario, monkeypatch, capsys) as driver:
+        rig = driver.rig
+        assert rig.clients_back() == [] and rig.workers_intact() == []
+        done = subprocess.run(
+            [str(PROMPT_SYSTEMCTL), "stop", "nvidia-dcgm.service"],
+            env=rig.node.env,
+            capture_output=True,
+            timeout=30,
+        )
+        assert done.returncode == 0
+        assert rig.clients_back(timeout=0.5) == ["nvidia-dcgm.service is inactive"]
+        worker = rig.workers[0]
+        rig.sim.stop_process(worker.pid)
+        destroy_gi_at(rig, [worker.gpu], worker.gi_start)
+        assert rig.workers_intact() == [
+            f"GPU 0: the MIG device {worker.mig_uuid} of pid {worker.pid} is gone"
+        ]

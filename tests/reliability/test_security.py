@@ -118,18 +118,7 @@ def test_a_hook_another_user_owns_or_can_write_is_refused_with_the_fix(
     assert rig.changes() == 0
 
 
-HOOK_DIRECTORY = (
-    "a hook executable owned by root with mode 0755 is accepted in a directory another "
-    "user owns, who can replace it by a program of their own (rename over it) that then "
-    "runs as root; config._check_hook_executable checks the file only; proposed: refuse "
-    "it unless every directory up to / is owned by root and not writable by group or "
-    "others (or sticky), as lock.py does for the lock's directory, and the same for the "
-    "config file and a referenced mig-parted file"
-)
-
-
 @needs_root
-@pytest.mark.xfail(strict=True, reason=HOOK_DIRECTORY)
 def test_a_hook_in_a_directory_another_user_can_write_is_refused(
     rig: Rig, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
