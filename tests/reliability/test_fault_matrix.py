@@ -31,7 +31,7 @@ from tests.reliability.matrix import (
     session,
     successes,
 )
-from tests.reliability.rig import PROMPT_SYSTEMCTL, destroy_gi_at
+from tests.reliability.rig import PROMPT_SYSTEMCTL, Rig, destroy_gi_at, fast_dir
 from tests.reliability.scenarios import BY_NAME, ERRORS, SCENARIOS, Fault, Scenario, select
 
 WORKERS = 4
@@ -103,3 +103,51 @@ def test_the_judge_is_not_vacuous(
         assert rig.workers_intact() == [
             f"GPU 0: the MIG device {worker.mig_uuid} of pid {worker.pid} is gone"
         ]
+
+
+AMPERE_ON = (
+    "version: 1\nclients: [nvidia-dcgm.service]\nampere-reset: allow\ngpus:\n"
+    "  - match: all\n    mig: true\n    instances:\n      - {profile: 7g.80gb}\n"
+)
+
+
+@pytest.mark.parametrize("cause", ["held-by-a-stranger", "passthrough"])
+def test_a_refused_mode_activation_names_gpu_action_and_status(
+    cause: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The activation status SetMigMode returns (not a fault: what the driver says when a
+    process migrestore does not manage holds an Ampere GPU, or when the GPU cannot be
+    reset at all) ends the run the way an injected fault does, and the run after the
+    cause is gone converges."""
+    with fast_dir("migrestore-activation-") as tmp:
+        rig = Rig(tmp, "a100-80gb:1", monkeypatch)
+        stranger = subprocess.Popen(
+            ["sleep", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            if cause == "passthrough":
+                rig.node.sim("init", rig.state, "a100-80gb:1", "--passthrough", "--force")
+            rig.client("nvidia-dcgm.service", 0)
+            if cause != "passthrough":
+                rig.sim.hold(0, stranger.pid)
+            rig.write_config(AMPERE_ON)
+            result = rig.migrestore(capsys, "apply")
+            status = "NVML_ERROR_IN_USE" if cause != "passthrough" else "NVML_ERROR_RESET_REQUIRED"
+            line = [x for x in result.err.splitlines() if x.startswith("migrestore: error: ")]
+            assert result.code == 1 and len(line) == 1, result.err
+            assert status in line[0] and "reset" in line[0], line
+            assert judge_message(Fault("gpu_reset", 1, status), line[0][19:]) == []
+            assert rig.clients_back() == []
+            if cause == "passthrough":
+                assert "reboot" in line[0]
+                rig.node.reboot()  # the pending mode takes effect at the next boot
+            else:
+                stranger.kill()
+                stranger.wait()
+            again = rig.migrestore(capsys, "apply")
+            assert again.code == 0, again.err
+            assert rig.clients_back() == []
+        finally:
+            stranger.kill()
+            stranger.wait()
+            rig.close()
