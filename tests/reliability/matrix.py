@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import io
 import json
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, TypeVar
 
 import pytest
+import structlog
 
 from migrestore import engine, logs
 from migrestore.daemon import Daemon
@@ -82,7 +84,7 @@ class Record:
     function: str
     nth: int
     error: str
-    outcome: str = ""  # "error" or "success"
+    outcome: str = ""  # error | success | not reached (fault matrix); killed | ended (crash)
     code: int = 0
     message: str = ""
     problems: List[str] = field(default_factory=list)
@@ -119,7 +121,7 @@ def judge_message(fault: Fault, message: str) -> List[str]:
     return problems
 
 
-class Driver:
+class Driver(abc.ABC):
     """Runs a scenario: fault-free, under a fault, and the second run after it."""
 
     def __init__(self, rig: Rig, scenario: Scenario, cfg: Config) -> None:
@@ -127,12 +129,13 @@ class Driver:
         self.scenario = scenario
         self.cfg = cfg
 
+    @abc.abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        """Bring the node to where each run starts."""
 
+    @abc.abstractmethod
     def once(self) -> Tuple[int, str]:
         """One run: (exit code, the error line's message or "")."""
-        raise NotImplementedError
 
     def count(self) -> Dict[str, int]:
         """Calls per function of a fault-free run (rule 3 of scenarios)."""
@@ -184,6 +187,7 @@ class Driver:
         """Whether the GPUs are as declared now."""
         return self.rig.converged(self.cfg)
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release what the driver holds."""
 
@@ -209,6 +213,10 @@ class ApplyDriver(Driver):
             tail = result.err.strip().splitlines()[-3:]
             return result.code, f"expected one error line, got {len(lines)}: {tail}"
         return result.code, lines[0][len(ERROR_PREFIX) :]
+
+    def close(self) -> None:
+        # every run opened and closed its own NVML session; only a fault may be left armed
+        self.rig.sim.clear_faults()
 
 
 class WatchDriver(Driver):
@@ -253,6 +261,7 @@ class WatchDriver(Driver):
 
     def close(self) -> None:
         self.daemon.close()
+        structlog.reset_defaults()
 
 
 # --------------------------------------------------------------------------- tables
