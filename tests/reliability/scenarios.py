@@ -3,11 +3,11 @@
 Rules:
 
 1. A scenario is a starting geometry, a config, client units that hold GPUs and worker
-   processes on instances the config keeps. ``prepare`` builds the start on a fresh rig
-   and saves it as the rig's template; every run starts from that template.
-2. Which NVML error a call can return comes from docs/ARCHITECTURE.md's sources, as
-   ``FAULTS`` records (the table is published in docs/RELIABILITY.md): a fault is only
-   injected where the error can occur.
+   processes on instances the config keeps. ``prepare`` builds the start on a fresh rig,
+   which keeps it as its template; every run starts from that template.
+2. Which NVML error a call can return comes from the team's nvml-semantics.md and
+   nvml.h, as ``FAULTS`` records (the table, with sources, is in docs/RELIABILITY.md): a
+   fault is only injected where the error can occur.
 3. Call positions are counted on a fault-free run with never-firing faults (the
    simulator's own ``seen`` counter), so they follow whatever the code does today.
 """
