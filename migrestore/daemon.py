@@ -154,18 +154,22 @@ class Daemon:
             self.log.warning("state_file_not_written", path=self.state_path, error=str(exc))
 
     def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
-        assert self.nv is not None
         with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
-            outcome = engine.converge(
-                self.nv,
-                self.cfg,
-                log=self.log,
-                ctl=self.ctl,
-                status=self.notifier.status,
-                extend=self.notifier.extend_timeout,
-                observed=observed,
-                state_path=self.state_path,
-            )
+            return self.converge_locked(observed)
+
+    def converge_locked(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
+        """``converge`` for a caller that holds the GPU lock already."""
+        assert self.nv is not None
+        outcome = engine.converge(
+            self.nv,
+            self.cfg,
+            log=self.log,
+            ctl=self.ctl,
+            status=self.notifier.status,
+            extend=self.notifier.extend_timeout,
+            observed=observed,
+            state_path=self.state_path,
+        )
         if outcome.devices_read:
             self.record(outcome, outcome.observed)
         for failure in outcome.hook_failures:
@@ -195,7 +199,12 @@ class Daemon:
         return None
 
     def check(self, reason: str) -> None:
-        """One watch tick: observe, plan, restore or report drift."""
+        """One watch tick: observe, plan, restore or report drift. Under the GPU lock:
+        the GPUs are not read while another migrestore changes them."""
+        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
+            self._check_locked(reason)
+
+    def _check_locked(self, reason: str) -> None:
         assert self.nv is not None
         # The geometry alone tells whether anything drifted; the full observation
         # (MIG device UUIDs, processes) is read only when something did.
@@ -211,9 +220,7 @@ class Daemon:
         if reason == "reload" or policy == DRIFT_RESTORE:
             if reason != "reload":
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
-            # Observed again under the lock: another migrestore may have changed the
-            # GPUs while this tick waited for it.
-            outcome = self.converge()
+            outcome = self.converge_locked(observed)
             self.summary = outcome.summary()
             self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
             self.notifier.status(self.summary)
@@ -233,7 +240,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = configmod.load(self.config_path, self.select_name)
-            engine.make_plan(new, self.nv.observe(), force=True)
+            with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
+                engine.make_plan(new, self.nv.observe(devices=False), force=True)
         except (ConfigError, InfeasibleError) as exc:
             self.log.error(
                 "config_reload_failed", error=str(exc), outcome="keeping the previous config"

@@ -249,18 +249,31 @@ def test_drift_is_restored_or_reported_per_policy(hopper: Node, policy: str) -> 
     hopper.start_daemon()
     hopper.notify.wait_for("READY=1")
     first = hopper.show()["gpus"][1]["gis"][0]
-    gi, ci = first["id"], first["cis"][0]["id"]
-    hopper.sim("destroy-ci", hopper.state, "--gpu", "1", "--gi", str(gi), "--ci", str(ci))
-    hopper.sim("destroy-gi", hopper.state, "--gpu", "1", "--gi", str(gi))
+    # behind migrestore's back: one compute instance of GPU 1 destroyed
+    hopper.sim(
+        "destroy-ci",
+        hopper.state,
+        "--gpu",
+        "1",
+        "--gi",
+        str(first["id"]),
+        "--ci",
+        str(first["cis"][0]["id"]),
+    )
+
+    def cis_on_gpu1() -> int:
+        return sum(len(gi["cis"]) for gi in hopper.show()["gpus"][1]["gis"])
+
     if policy == "restore":
-        hopper.wait_until(lambda: hopper.geometry(1) == EXPECTED, what="drift restored")
+        hopper.wait_until(lambda: cis_on_gpu1() == 3, what="drift restored")
     else:
         time.sleep(3.0)
-        assert len(hopper.geometry(1)) == 2
+        assert cis_on_gpu1() == 2
+    assert hopper.geometry(1) == EXPECTED
     code, err = hopper.stop_daemon()
     assert code == 0
     assert "<4>drift_detected" in err
-    assert "GPU 1: create GI" in err
+    assert "GPU 1: create CI" in err
 
 
 def test_hopper_reboot_restores_mode_and_geometry(hopper: Node) -> None:

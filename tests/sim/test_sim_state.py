@@ -116,7 +116,7 @@ def test_missing_state_file_and_bad_spec(tmp_path: Path) -> None:
         simulator.Simulator(str(tmp_path / "none.json"))
     with pytest.raises(MigrestoreError, match="known models"):
         simulator.Simulator("h100")
-    with pytest.raises(MigrestoreError, match="COUNT >= 1"):
+    with pytest.raises(MigrestoreError, match="COUNT from 1 to 64"):
         simulator.Simulator("h100-80gb-hbm3:0")
 
 
