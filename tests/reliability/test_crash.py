@@ -109,3 +109,29 @@ def test_ctrl_c_during_apply_starts_the_stopped_clients_again(
         assert "migrestore: interrupted" in log
         assert rig.changes() - base < 4, "the interrupt came after the last change"
         assert rig.clients_back(timeout=10.0) == []
+
+
+def test_sigterm_during_the_first_pass_finishes_it_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """systemd stops the unit (shutdown, `systemctl stop`) while the daemon is changing
+    GPUs: SIGTERM only sets a flag, the pass finishes and is verified, the clients run
+    again, and the daemon exits 0 without a traceback."""
+    scenario = BY_NAME["ci-subdivision"]
+    with crash_session(scenario, monkeypatch, capsys) as crasher:
+        rig = crasher.rig
+        crasher.reset()
+        crasher.slow_changes(reset=False, us=300_000)
+        base = rig.changes()
+        daemon = rig.node.start_daemon()
+        try:
+            rig.node.wait_until(lambda: rig.changes() > base, what="the first change")
+            daemon.send_signal(signal.SIGTERM)
+            code, err = rig.node.wait_daemon(timeout=60)
+        finally:
+            crasher.fast_changes()
+        assert code == 0, err
+        assert "Traceback" not in err
+        assert rig.changes() - base == 4  # the whole pass: 1 CI destroyed, 3 created
+        assert crasher.driver.converged()
+        assert rig.clients_back(timeout=10.0) == []
