@@ -322,8 +322,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
             except MigrestoreError as exc:
                 _write_state(args, "failed", str(exc), (), cfg=cfg, driver=engine.driver_of(nv))
                 raise
+            # read under the lock: another migrestore may change the GPUs right after
+            observed = outcome.observed if outcome.devices_read else nv.observe()
         result = "converged" if outcome.converged_before else "applied"
-        observed = outcome.observed if outcome.devices_read else nv.observe()
         _write_state(
             args,
             result,

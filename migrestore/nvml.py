@@ -214,6 +214,9 @@ def run_reset_tool(bus_id: str, what: str, timeout: float = RESET_TIMEOUT) -> No
     )
 
 
+OBSERVE_ATTEMPTS = 3  # reads of one observation when instances vanish under it
+
+
 class _Gate:
     """Many NVML users at once, or one exclusive user (a reset that shuts NVML down).
 
@@ -380,8 +383,18 @@ class Nvml:
         ``devices=False`` skips the MIG device scan (UUIDs and processes, most of the
         NVML calls of a MIG GPU): enough to tell whether the geometry drifted, which is
         what the idle watch loop asks every interval."""
-        with self._gate.shared():
-            return tuple(self._observe(gpu, devices) for gpu in self._devices())
+        # Another process may destroy an instance between two reads of one observation
+        # (its handle then answers INVALID_ARGUMENT or NOT_FOUND): read the whole
+        # observation again, a bounded number of times.
+        for attempt in range(OBSERVE_ATTEMPTS):
+            try:
+                with self._gate.shared():
+                    return tuple(self._observe(gpu, devices) for gpu in self._devices())
+            except NvmlError as err:
+                vanished = err.nvml_error in ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND")
+                if not vanished or attempt == OBSERVE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def observe_gpu(self, uuid: str) -> GpuState:
         with self._gate.shared():
