@@ -106,7 +106,7 @@ def _daemon(cfg: Config, simulate: str) -> Daemon:
         select_name=None,
         simulate=simulate,
         log=logs.get_logger(),
-        notifier=Notifier(),
+        notifier=Notifier(logs.get_logger()),
     )
     daemon.nv = daemon.wait_for_driver()
     return daemon
@@ -128,8 +128,8 @@ def tick_cost(state: str, count: int, cfg: Config, directory: Path, ticks: int) 
     out: Dict[str, Any] = {"ticks": ticks}
     daemon = _daemon(cfg, copy)
     try:
-        assert daemon.nv is not None and daemon.nv.simulator is not None
-        sim = daemon.nv.simulator
+        assert daemon.nv is not None and daemon.nv.backend.attached
+        sim = daemon.nv.backend.simulator
         if not engine.make_plan(cfg, daemon.nv.observe(), force=False)[0].converged:
             raise HarnessError("the idle tick would find drift: the state file is not converged")
         _ticks(daemon, 1)  # the session's one-time reads, as before READY

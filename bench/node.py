@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from migrestore import engine, logs
+from migrestore.backend import Simulated
 from migrestore.model import Config
 from migrestore.nvml import Nvml
 from migrestore.simulator import cli as simcli
@@ -164,7 +165,7 @@ class Workspace:
             if code != 0:
                 raise HarnessError(f"migrestore-sim init {path} {MODEL}:{count} exited {code}")
             logs.configure("json", "error")
-            with Nvml(simulate=path) as nv:
+            with Nvml(Simulated(path)) as nv:
                 engine.converge(nv, self.load_config(), log=logs.get_logger())
         return path
 

@@ -29,6 +29,7 @@ from bench import latency
 from bench.node import DEPENDENCIES, HarnessError, Workspace
 from bench.stats import paired_ratios, summarize
 from migrestore import engine, logs
+from migrestore.backend import Simulated
 from migrestore.nvml import Nvml
 
 PASS = "python -c pass"
@@ -103,8 +104,8 @@ def nvml_reads(ws: Workspace, counts: Sequence[int], latencies: Dict[str, int]) 
     for count in counts:
         copy = str(ws.dir / f"reads-{count}.json")
         shutil.copyfile(ws.states[count], copy)
-        with ws.boot(), Nvml(simulate=copy) as nv:
-            sim = nv.simulator
+        with ws.boot(), Nvml(Simulated(copy)) as nv:
+            sim = nv.backend.simulator
             assert sim is not None
             start = latency.Recorder(sleep=False)
             latency.install(sim, latencies, start)

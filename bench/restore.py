@@ -35,6 +35,7 @@ from bench.baseline import BaselineError, MigParted, Wanted
 from bench.stats import summarize
 from migrestore import config as configmod
 from migrestore import engine, logs, simulator, tables
+from migrestore.backend import Simulated
 from migrestore.errors import MigrestoreError
 from migrestore.model import Config
 from migrestore.nvml import Nvml
@@ -185,10 +186,10 @@ def run_migrestore(
     """``converge`` to ``cfg`` on ``count`` fresh simulated GPUs (after converging to
     ``setup`` without latency, when given)."""
     log = _quiet_log()
-    nv = Nvml(simulate=f"{MODEL}:{count}")
+    nv = Nvml(Simulated(f"{MODEL}:{count}"))
     nv.open()
     try:
-        sim = nv.simulator
+        sim = nv.backend.simulator
         assert sim is not None
         if setup is not None:
             engine.converge(nv, setup, log=log)

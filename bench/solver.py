@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bench.stats import summarize
 from migrestore import planner, tables
+from migrestore.backend import Simulated
 from migrestore.errors import MigrestoreError
 from migrestore.model import (
     CREATE_CI,
@@ -39,7 +40,7 @@ from tests.integration.layouts import Multiset, feasible_multisets
 
 
 def fresh_gpu(model: str) -> GpuState:
-    with Nvml(simulate=f"{model}:1") as nv:
+    with Nvml(Simulated(f"{model}:1")) as nv:
         (gpu,) = nv.observe()
     return gpu
 

@@ -186,10 +186,10 @@ def _print_json(data: Any) -> None:
 
 
 def _last_result(simulate: Optional[str]) -> Optional[Dict[str, Any]]:
-    from migrestore import runtime, statefile
+    from migrestore import backend, statefile
 
     try:
-        return statefile.read_state(runtime.state_path(simulate))
+        return statefile.read_state(backend.state_path(simulate))
     except MigrestoreError as exc:
         sys.stderr.write(f"migrestore: warning: no last result shown: {exc}\n")
         return None
@@ -199,10 +199,10 @@ def _last_result(simulate: Optional[str]) -> Optional[Dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from migrestore import render
+    from migrestore import backend, render
     from migrestore.nvml import Nvml
 
-    with Nvml(simulate=_simulate(args)) as nv:
+    with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
         driver = nv.driver_version()
     last = _last_result(_simulate(args))
@@ -220,10 +220,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from migrestore import render
+    from migrestore import backend, render
     from migrestore.nvml import Nvml
 
-    with Nvml(simulate=_simulate(args)) as nv:
+    with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
     if args.json:
         _print_json(render.profiles_json(observed))
@@ -279,12 +279,12 @@ def _plan_text(plan: Any) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from migrestore import backend, engine
     from migrestore import config as configmod
-    from migrestore import engine
     from migrestore.nvml import Nvml
 
     cfg = configmod.load(_config_path(args), args.select)
-    with Nvml(simulate=_simulate(args)) as nv:
+    with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
     plan, _desired = engine.make_plan(cfg, observed, force=args.force)
     if args.json:
@@ -295,20 +295,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from migrestore import backend, engine
     from migrestore import config as configmod
-    from migrestore import engine, runtime
     from migrestore.lock import GpuLock
     from migrestore.nvml import Nvml
     from migrestore.services import Systemctl
 
     log = _logger(args)
     cfg = configmod.load(_config_path(args), args.select)
-    with Nvml(simulate=_simulate(args)) as nv:
+    with Nvml(backend.choose(_simulate(args))) as nv:
         if args.dry_run:
             plan, _ = engine.make_plan(cfg, nv.observe(), force=args.force)
             sys.stdout.write(_plan_text(plan))
             return EXIT_OK
-        with GpuLock(runtime.lock_path(_simulate(args)), timeout=args.lock_timeout):
+        with GpuLock(backend.lock_path(_simulate(args)), timeout=args.lock_timeout):
             ctl = None if args.no_clients else Systemctl()
             try:
                 outcome = engine.converge(
@@ -317,7 +317,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     log=log,
                     ctl=ctl,
                     force=args.force,
-                    state_path=runtime.state_path(_simulate(args)),
+                    state_path=backend.state_path(_simulate(args)),
                 )
             except MigrestoreError as exc:
                 _write_state(args, "failed", str(exc), (), cfg=cfg, driver=engine.driver_of(nv))
@@ -351,11 +351,11 @@ def _write_state(
     outcome: Any = None,
     driver: Optional[str] = None,
 ) -> None:
-    from migrestore import engine, runtime, statefile
+    from migrestore import backend, engine, statefile
 
     try:
         statefile.write_state(
-            runtime.state_path(_simulate(args)),
+            backend.state_path(_simulate(args)),
             engine.state_document(
                 result, message, observed, cfg=cfg, outcome=outcome, driver=driver
             ),
@@ -378,9 +378,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             sys.stdout.write(line + "\n")
         sys.stdout.write(f"{path}: valid for {args.model}\n")
         return EXIT_OK
+    from migrestore import backend
     from migrestore.nvml import Nvml
 
-    with Nvml(simulate=_simulate(args)) as nv:
+    with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
     plan, _ = engine.make_plan(cfg, observed, force=True)
     changes = len(plan.actions)
@@ -392,10 +393,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from migrestore import backend
     from migrestore import config as configmod
     from migrestore.nvml import Nvml
 
-    with Nvml(simulate=_simulate(args)) as nv:
+    with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
     sys.stdout.write(configmod.export(observed))
     return EXIT_OK

@@ -27,8 +27,8 @@ import signal
 import time
 from typing import Any, List, Optional, Tuple
 
+from migrestore import backend, engine, logs, statefile
 from migrestore import config as configmod
-from migrestore import engine, logs, runtime, statefile
 from migrestore.errors import (
     EXIT_OK,
     ConfigError,
@@ -110,8 +110,8 @@ class Daemon:
         self.notifier = notifier
         self.ctl = ctl or Systemctl()
         self.nv: Optional[Nvml] = None
-        self.state_path = runtime.state_path(simulate)
-        self.lock_path = runtime.lock_path(simulate)
+        self.state_path = backend.state_path(simulate)
+        self.lock_path = backend.lock_path(simulate)
         self.summary = ""  # the last one-line STATUS= summary
 
     # ----------------------------------------------------------------- phases
@@ -120,7 +120,7 @@ class Daemon:
         deadline = time.monotonic() + self.cfg.driver_wait
         said = False
         while True:
-            nv = Nvml(simulate=self.simulate)
+            nv = Nvml(backend.choose(self.simulate))
             try:
                 nv.open()
                 return nv
@@ -308,7 +308,7 @@ def run(
     """The whole service lifetime; returns the exit code."""
     logs.configure(log_format, "debug" if verbose else "info")
     log = logs.get_logger()
-    notifier = Notifier()
+    notifier = Notifier(log)
     notifier.status("loading config")
     try:
         cfg = configmod.load(config_path, select)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
+from migrestore import atomic, planner
 from migrestore import config as configmod
-from migrestore import planner
-from migrestore.errors import InfeasibleError, MigrestoreError
+from migrestore.errors import InfeasibleError, MigrestoreError, StateFileError
 from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
 from migrestore.nvml import Nvml
 
@@ -176,20 +175,22 @@ def _read_pending(path: str, log: Any) -> Tuple[str, ...]:
 
 
 def _write_pending(path: str, units: Tuple[str, ...]) -> None:
+    """Raises StateFileError when the note cannot be written or removed."""
     if not path:
         return
-    if not units:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stopped-", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"units": list(units)}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fix = "free space there, or set MIGRESTORE_STATE to a writable path"
+    try:
+        if not units:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    except OSError as err:
+        raise StateFileError(
+            f"stopped-units note {path}: cannot write: {err.strerror or err} ({fix})"
+        ) from None
+    data = json.dumps({"units": list(units)}).encode("utf-8")
+    atomic.write_bytes(path, data, what="stopped-units note", fix=fix, prefix=".stopped-")
 
 
 def _restart(

@@ -22,25 +22,37 @@ Rules:
    each GI profile. Mode, instances, MIG device UUIDs and processes are read on every
    observe.
 6. CI profiles are a property of a GI, so they are read from an existing GI of the
-   profile. While no GI of a profile exists, its CI list is the one the bundled model
-   table (``migrestore.tables``) gives for the GPU whose NVML name matches, and empty
-   for a GPU no table knows.
-7. A GPU reset on real hardware runs ``nvidia-smi --gpu-reset -i <PCI bus id>`` with
-   NVML shut down (an open NVML client counts as a user of the GPU and makes the reset
-   fail), bounded by a timeout. The reset waits for NVML calls of other threads to end
-   and holds new ones back until NVML is open again; cached handles are dropped.
+   profile. While no GI of a profile exists, its CI list is the one the backend gives
+   for the GPU's NVML name (the bundled model table, ``backend`` rule 3), and empty for
+   a GPU no table knows.
+7. A GPU reset has one code path: NVML is shut down (an open NVML client counts as a
+   user of the GPU and makes the reset fail), the backend's reset tool runs on the
+   GPU's PCI bus id (``nvidia-smi --gpu-reset`` on hardware, the simulator's model of
+   it when simulating), and NVML is initialised again. The reset waits for NVML calls
+   of other threads to end and holds new ones back until NVML is open again; cached
+   handles are dropped.
+8. This module knows neither the simulator nor the bundled tables: the edge chooses
+   the backend (``migrestore.backend``) and passes it in.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
-import signal
-import subprocess
 import threading
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Tuple,
+    Type,
+)
 
 import pynvml
 
@@ -58,18 +70,9 @@ from migrestore.model import (
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from migrestore.simulator import Simulator
-
 # Upper bound on profile indices: drivers end the enumeration with INVALID_ARGUMENT;
 # this only stops a driver that never does (every index NOT_SUPPORTED).
 MAX_PROFILE_INDEX = 64
-
-# How long `nvidia-smi --gpu-reset` may take before it is killed.
-RESET_TIMEOUT = 120.0
-
-# nvidia-smi's exit codes are NVML return codes (nvidia-smi(1), RETURN VALUE); 255 is
-# "other error".
-RESET_COMMAND = ("nvidia-smi", "--gpu-reset", "-i")
 
 _ARCHITECTURES: Dict[int, str] = {
     2: "kepler",
@@ -156,65 +159,24 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def run_reset_tool(bus_id: str, what: str, timeout: float = RESET_TIMEOUT) -> None:
-    """Reset one GPU with ``nvidia-smi --gpu-reset -i <bus id>``.
-
-    Raises:
-        NvmlError: the tool is missing, timed out (``NVML_ERROR_TIMEOUT``), or failed;
-            its exit code is an NVML return code and is named as such, and the message
-            carries the tool's last output line.
-    """
-    argv = [*RESET_COMMAND, bus_id]
-    command = " ".join(argv)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise NvmlError(
-            nvml_error=error_name(pynvml.NVML_ERROR_NOT_FOUND),
-            what=f"{what}: cannot run `{command}` ({exc.strerror}; install the NVIDIA "
-            "driver utilities)",
-            code=pynvml.NVML_ERROR_NOT_FOUND,
-        ) from exc
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        # The tool runs in its own session: kill it and anything it started, then give
-        # the pipes a moment to close rather than waiting on a process stuck in the driver.
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=5.0)
-        raise NvmlError(
-            nvml_error=error_name(pynvml.NVML_ERROR_TIMEOUT),
-            what=f"{what}: `{command}` did not finish within {timeout:g}s and was killed",
-            code=pynvml.NVML_ERROR_TIMEOUT,
-        ) from exc
-    if proc.returncode == 0:
-        return
-    lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
-    said = lines[-1] if lines else "no output"
-    code = proc.returncode
-    if code in _ERROR_NAMES and code != pynvml.NVML_SUCCESS:
-        name = _ERROR_NAMES[code]
-    elif "in use" in said.lower():
-        name, code = error_name(pynvml.NVML_ERROR_IN_USE), pynvml.NVML_ERROR_IN_USE
-    else:
-        name, code = error_name(pynvml.NVML_ERROR_UNKNOWN), pynvml.NVML_ERROR_UNKNOWN
-    raise NvmlError(
-        nvml_error=name,
-        what=f"{what}: `{command}` exited {proc.returncode}: {said}",
-        code=code,
-    )
-
-
 OBSERVE_ATTEMPTS = 3  # reads of one observation when instances vanish under it
+
+
+class Backend(Protocol):
+    """What the edge (``migrestore.backend``) hands a session: what lies beneath pynvml
+    (rule 8), the reset tool (rule 7) and the CI-profile fallback (rule 6)."""
+
+    def attach(self, pynvml_module: Any) -> None:
+        """Install the library beneath ``pynvml_module`` (nothing for the real driver)."""
+
+    def detach(self, pynvml_module: Any) -> None:
+        """Undo ``attach``."""
+
+    def reset(self, pci_bus_id: str, what: str) -> None:
+        """Reset the GPU at ``pci_bus_id`` while NVML is shut down; raises NvmlError."""
+
+    def ci_profiles(self, gpu_name: str) -> Dict[int, Tuple[CiProfile, ...]]:
+        """CI profiles per GI profile ID for a GPU of this NVML name (empty: unknown)."""
 
 
 class _Gate:
@@ -282,16 +244,13 @@ class _Gpu:
 class Nvml:
     """One NVML session over every GPU of the node (or of the simulator).
 
-    ``simulate`` is a simulator spec (``MODEL[:COUNT],...`` or a state file path); the
-    simulator is attached beneath pynvml when the session opens, so the same code runs
-    against simulated and real GPUs."""
+    ``backend`` is chosen by the edge (``migrestore.backend.choose``): it attaches
+    what lies beneath pynvml when the session opens, so the same code runs against
+    simulated and real GPUs (rule 8)."""
 
-    def __init__(
-        self, simulate: Optional[str] = None, reset_timeout: float = RESET_TIMEOUT
-    ) -> None:
-        self.simulate = simulate
-        self.reset_timeout = reset_timeout
-        self.simulator: Optional[Simulator] = None
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._attached = False
         self._open = False
         self._gate = _Gate()
         self._gpus: Optional[List[_Gpu]] = None
@@ -320,18 +279,18 @@ class Nvml:
             self.close()
 
     def open(self) -> None:
-        """Attach the simulator (when simulating) and initialise NVML.
+        """Attach the backend's library and initialise NVML.
 
         Raises:
             DriverUnavailable: NVML could not be initialised (no driver, no permission,
                 library/driver mismatch).
+            MigrestoreError: the backend could not be attached (a bad simulator spec).
         """
         if self._open:
             return
-        if self.simulate is not None and self.simulator is None:
-            from migrestore import simulator
-
-            self.simulator = simulator.attach(pynvml, self.simulate)
+        if not self._attached:
+            self.backend.attach(pynvml)
+            self._attached = True
         try:
             self._init()
         except DriverUnavailable:
@@ -340,7 +299,7 @@ class Nvml:
         self._open = True
 
     def close(self) -> None:
-        """Shut NVML down and take the simulator (if any) from beneath pynvml.
+        """Shut NVML down and take the backend's library from beneath pynvml.
 
         Raises:
             NvmlError: ``nvmlShutdown`` failed.
@@ -358,11 +317,9 @@ class Nvml:
             self._detach()
 
     def _detach(self) -> None:
-        if self.simulator is not None:
-            from migrestore import simulator
-
-            simulator.detach(pynvml)
-            self.simulator = None
+        if self._attached:
+            self._attached = False
+            self.backend.detach(pynvml)
 
     def _init(self) -> None:
         try:
@@ -521,25 +478,18 @@ class Nvml:
                 pynvml.nvmlGpuInstanceDestroy(gi)
 
     def reset_gpu(self, uuid: str) -> None:
-        """Reset one GPU (activates a pending MIG mode change; destroys every instance).
-
-        Simulated: the simulator's reset. Real: ``nvidia-smi --gpu-reset -i <bus id>``
-        with NVML shut down meanwhile; other threads' NVML calls wait for it.
+        """Reset one GPU (activates a pending MIG mode change; destroys every instance),
+        with the backend's reset tool while NVML is shut down (rule 7); other threads'
+        NVML calls wait for it.
 
         Raises:
             NvmlError: the reset failed (``NVML_ERROR_IN_USE`` when a client holds the
-                GPU), with the tool's message on real hardware.
+                GPU), with the tool's message.
             DriverUnavailable: NVML could not be initialised again after the reset.
         """
         with self._gate.exclusive():
             gpu = self._gpu(uuid)
             what = f"{gpu.label}: reset the GPU"
-            if self.simulator is not None:
-                try:
-                    self.simulator.reset_gpu(uuid)
-                finally:
-                    self._forget_tables(gpu)
-                return
             bus_id = gpu.pci_bus_id
             with _nvml(f"{what}: shut NVML down first"):
                 pynvml.nvmlShutdown()
@@ -547,7 +497,7 @@ class Nvml:
             self._gpus = None
             self._open = False
             try:
-                run_reset_tool(bus_id, what, self.reset_timeout)
+                self.backend.reset(bus_id, what)
             finally:
                 self._init()
                 self._open = True
@@ -808,11 +758,6 @@ class Nvml:
             )
         return tuple(profiles)
 
-    def _forget_tables(self, gpu: _Gpu) -> None:
-        gpu.table_mode = None
-        gpu.gi_profiles = ()
-        gpu.ci_read = {}
-
     def _gi_profile(self, gpu: _Gpu, profile_id: int) -> Optional[GiProfile]:
         for profile in gpu.gi_profiles:
             if profile.id == profile_id:
@@ -838,14 +783,7 @@ class Nvml:
 
     def _table_cis(self, gpu: _Gpu) -> Dict[int, Tuple[CiProfile, ...]]:
         if gpu.ci_tables is None:
-            from migrestore import tables
-
-            found: Dict[int, Tuple[CiProfile, ...]] = {}
-            for table in tables.load_models().values():
-                if table.nvml_name == gpu.name:
-                    found = {p.id: p.ci_profiles for p in table.profiles}
-                    break
-            gpu.ci_tables = found
+            gpu.ci_tables = dict(self.backend.ci_profiles(gpu.name))
         return gpu.ci_tables
 
     def _ci_profiles_of(self, gpu: _Gpu, gi_profile_id: int, gi: Any) -> Tuple[CiProfile, ...]:

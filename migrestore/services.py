@@ -29,8 +29,8 @@ import re
 from typing import List, Optional, Sequence, Tuple
 
 from migrestore.errors import ServiceError
-from migrestore.hooks import Completed, run_bounded
 from migrestore.logs import BoundLogger
+from migrestore.proc import Completed, run_bounded
 
 __all__ = [
     "QUERY_TIMEOUT",

@@ -2,8 +2,8 @@
 
 Rules:
 
-1. Written atomically: a temporary file in the same directory, fsync, ``os.replace``,
-   then an fsync of the directory. A reader sees the old file or the new one, never
+1. Written atomically by ``migrestore.atomic`` (temporary file, fsync, ``os.replace``,
+   fsync of the directory). A reader sees the old file or the new one, never
    half of one. The directory is created 0755 when missing, the file is 0644: it holds
    no secret, and readiness probes and taint controllers run as other users.
 2. Reading never shows a traceback: a missing file is None, anything unreadable or
@@ -57,9 +57,9 @@ import contextlib
 import datetime
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from migrestore import atomic
 from migrestore.errors import StateFileError
 from migrestore.model import ComputeInstance, GpuInstance, GpuState, Placement
 
@@ -78,6 +78,7 @@ DEFAULT_STATE = "/run/migrestore/state.json"
 RESULTS = ("converged", "applied", "failed", "drift")
 
 _FIX = "delete it; migrestore writes it again on its next run"
+_WRITE_FIX = "run as root, or set MIGRESTORE_STATE to a writable path"
 
 
 def default_path() -> str:
@@ -199,28 +200,13 @@ def write_state(path: Optional[str], data: Mapping[str, Any]) -> None:
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
         _make_dirs(directory)
-        fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fchmod(f.fileno(), 0o644)
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except OSError as err:
         raise StateFileError(
-            f"state file {target}: cannot write: {err.strerror or err} "
-            "(run as root, or set MIGRESTORE_STATE to a writable path)"
+            f"state file {target}: cannot write: {err.strerror or err} ({_WRITE_FIX})"
         ) from None
+    atomic.write_bytes(
+        target, text.encode("utf-8"), what="state file", fix=_WRITE_FIX, prefix=".state-"
+    )
 
 
 def read_state(path: Optional[str] = None) -> Optional[Dict[str, Any]]:

@@ -7,7 +7,8 @@ Rules:
    it unchanged; ``detach(pynvml)`` undoes that. ``spec`` is ``MODEL[:COUNT],...``
    (fresh GPUs in this process) or the path of a state file made by
    ``migrestore-sim init`` (shared by processes, locked, reboot-aware).
-2. The methods offer what NVML lacks (a GPU reset, a reboot) and what tests need
+2. The methods offer what NVML lacks (a GPU reset, and ``reset_tool``, the model of
+   ``nvidia-smi --gpu-reset`` that the NVML layer calls as on hardware; a reboot) and what tests need
    (clients holding a GPU, processes on MIG devices, faults, latency, the count of
    changes). A refused operation raises ``migrestore.errors.NvmlError`` with the NVML
    error name, like the NVML layer does.
@@ -19,12 +20,17 @@ Rules:
    without doing anything. ``gpu_reset`` names ``reset_gpu`` for this purpose.
 5. ``change_count`` counts every successful state-changing call (mode, create, destroy,
    reset) whoever made it; ``changes()`` lists the last ones with their arguments.
+6. A freeze is one-shot, like a fault: "freeze after N changes" makes the process whose
+   change is the Nth from then stop itself with SIGSTOP right after the transaction
+   (outside every lock), so a test kills or interrupts it at exactly that point, a
+   condition it can wait for (the process is stopped) instead of a time window.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import signal
 import time
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
 
@@ -121,6 +127,7 @@ class Simulator:
     def _call(self, name: str, body: Callable[[Txn], None]) -> int:
         """One NVML call: faults, the rules, then latency outside the lock (rule 3)."""
         with self._store.transaction() as txn:
+            before = txn.state.change_count
             try:
                 self._check_fault(txn, name)
                 body(txn)
@@ -129,6 +136,9 @@ class Simulator:
                 code = err.code
             latency = txn.state.latency_us
             delay = latency.get(name, latency.get("*", 0))
+            freeze = _frozen_by(txn, before)
+        if freeze:
+            _freeze()
         if delay:
             self.sleep(delay / 1_000_000)
         return code
@@ -137,10 +147,16 @@ class Simulator:
         """One method call; a refused rule becomes ``NvmlError``."""
         failure: Optional[SimNvmlError] = None
         with self._store.transaction() as txn:
+            before = txn.state.change_count
             try:
-                return body(txn)
+                result = body(txn)
             except SimNvmlError as err:
                 failure = err
+            freeze = _frozen_by(txn, before)
+        if freeze:
+            _freeze()
+        if failure is None:
+            return result
         detail = f" ({failure.detail})" if failure.detail else ""
         raise NvmlError(codes.name_of(failure.code), what() + detail, failure.code)
 
@@ -155,9 +171,9 @@ class Simulator:
                 )
             return found
         for record in txn.state.gpus:
-            if record.uuid == gpu:
+            if record.uuid == gpu or record.pci_bus_id.lower() == str(gpu).lower():
                 return record
-        raise SimNvmlError(codes.NOT_FOUND, f"no simulated GPU has UUID {gpu}")
+        raise SimNvmlError(codes.NOT_FOUND, f"no simulated GPU has UUID or PCI bus id {gpu}")
 
     @staticmethod
     def _label(gpu: GpuRef) -> str:
@@ -201,9 +217,26 @@ class Simulator:
 
     # ------------------------------------------------------------------ GPU life
 
+    def reset_tool(self, pci_bus_id: str) -> None:
+        """What ``nvidia-smi --gpu-reset -i <pci_bus_id>`` does: refused with
+        NVML_ERROR_IN_USE while this process still has NVML initialised (an open NVML
+        client is a user of the GPU), else ``reset_gpu``.
+
+        Raises:
+            NvmlError: as ``reset_gpu``, and IN_USE as above.
+        """
+        if self.init_count:
+            raise NvmlError(
+                codes.name_of(codes.IN_USE),
+                f"{self._label(pci_bus_id)}: reset (this process has NVML initialised, "
+                "which makes it a user of the GPU: shut NVML down first)",
+                codes.IN_USE,
+            )
+        self.reset_gpu(pci_bus_id)
+
     def reset_gpu(self, gpu: GpuRef) -> None:
-        """Reset a GPU (``nvidia-smi --gpu-reset``): the pending MIG mode takes effect and
-        every instance is gone.
+        """Reset a GPU (``gpu``: an index, a UUID or a PCI bus id): the pending MIG mode
+        takes effect and every instance is gone.
 
         Raises:
             NvmlError: NVML_ERROR_IN_USE while a client holds the GPU or a process runs
@@ -330,10 +363,24 @@ class Simulator:
 
         self._op(body, lambda: f"arm a fault on {function}")
 
+    def freeze_after(self, changes: int) -> None:
+        """Arm a one-shot freeze (rule 6): the process that makes the ``changes``-th
+        change from now stops itself (SIGSTOP) right after it, outside every lock.
+        ``changes`` 0 disarms it."""
+        if changes < 0:
+            raise MigrestoreError(f"freeze: the change count must be 0 or more, not {changes}")
+
+        def body(txn: Txn) -> None:
+            txn.state.freeze_at = txn.state.change_count + changes if changes else 0
+            txn.dirty = True
+
+        self._op(body, lambda: "arm a freeze")
+
     def clear_faults(self) -> None:
         def body(txn: Txn) -> None:
-            if txn.state.faults:
+            if txn.state.faults or txn.state.freeze_at:
                 txn.state.faults = []
+                txn.state.freeze_at = 0
                 txn.dirty = True
 
         self._op(body, lambda: "clear faults")
@@ -488,6 +535,23 @@ class Simulator:
             txn.dirty = True
 
         self._op(body, lambda: f"{self._label(gpu)}: destroy GI {gi_id}")
+
+
+def _frozen_by(txn: Txn, before: int) -> bool:
+    """Whether this transaction's change reached the armed freeze (and disarm it)."""
+    state = txn.state
+    if not state.freeze_at or state.change_count == before:
+        return False
+    if state.change_count < state.freeze_at:
+        return False
+    state.freeze_at = 0
+    txn.dirty = True
+    return True
+
+
+def _freeze() -> None:
+    # Every thread of the process stops; a test kills or continues it from outside.
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _placement_at(placements: Tuple[Placement, ...], start: int, name: str) -> Placement:

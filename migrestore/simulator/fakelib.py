@@ -166,10 +166,6 @@ class FakeNvmlLibrary:
     def __dir__(self) -> List[str]:
         return sorted(self._symbols)
 
-    @property
-    def symbol_names(self) -> Tuple[str, ...]:
-        return tuple(sorted(self._symbols))
-
     # ------------------------------------------------------------------ plumbing
 
     def _entry(self, name: str, impl: Callable[..., None]) -> Callable[..., int]:

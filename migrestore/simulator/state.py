@@ -11,7 +11,8 @@ Rules:
    holds an exclusive ``flock`` on the sidecar ``<file>.lock``, re-reads the file only
    when it was replaced or edited (device, inode, size, mtime; the store keeps the file
    it read open, so its inode cannot be reused while compared), and writes a changed
-   state atomically (temporary file, fsync, ``os.replace``, fsync of the directory).
+   state atomically (``migrestore.atomic``: temporary file, fsync, ``os.replace``,
+   fsync of the directory).
    A thread lock makes both stores safe for threads.
 3. A state file that cannot be read or does not have the documented shape raises
    ``StateFileError`` naming the file and what is wrong, never a traceback.
@@ -29,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from migrestore import tables
+from migrestore import atomic, tables
 from migrestore.errors import StateFileError
 
 FORMAT = "migrestore-sim/1"
@@ -104,6 +105,8 @@ class SimState:
     changes: List[Change] = field(default_factory=list)
     faults: List[Fault] = field(default_factory=list)
     latency_us: Dict[str, int] = field(default_factory=dict)
+    # one-shot: the process whose change makes change_count reach this stops itself
+    freeze_at: int = 0
     driver_version: str = DRIVER_VERSION
 
     def gpu(self, index: int) -> Optional[GpuRecord]:
@@ -169,6 +172,7 @@ def to_json(state: SimState) -> Dict[str, Any]:
             for f in state.faults
         ],
         "latency_us": dict(sorted(state.latency_us.items())),
+        "freeze_at": state.freeze_at,
         "gpus": [_gpu_json(g) for g in state.gpus],
     }
 
@@ -289,6 +293,9 @@ def from_json(data: Any, where: str) -> SimState:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise r.fail(f"latency_us.{key}", f"expected microseconds >= 0, found {value!r}")
         latency[str(key)] = value
+    freeze_at = top.get("freeze_at", 0)  # absent in files written before it existed
+    if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or freeze_at < 0:
+        raise r.fail("freeze_at", f"expected a change count >= 0, found {freeze_at!r}")
     return SimState(
         gpus=gpus,
         boot_id=r.get(top, "boot_id", str, "top level"),
@@ -298,6 +305,7 @@ def from_json(data: Any, where: str) -> SimState:
         changes=changes,
         faults=faults,
         latency_us=latency,
+        freeze_at=freeze_at,
         driver_version=r.get(top, "driver_version", str, "top level"),
     )
 
@@ -516,37 +524,22 @@ class FileStore:
     # -- writing
 
     def _write(self, state: SimState) -> None:
-        data = dumps(state).encode("utf-8")
-        directory = os.path.dirname(self.path)
-        tmp = f"{self.path}.tmp.{os.getpid()}.{threading.get_ident()}"
         try:
-            mode = os.stat(self.path).st_mode & 0o777
-        except OSError:
-            mode = 0o644
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            try:
-                os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic.write_bytes(
+                self.path,
+                dumps(state).encode("utf-8"),
+                what="simulator state file",
+                fix="free space there or make it writable",
+                mode=None,
+            )
             handle = open(self.path, "rb")  # noqa: SIM115 - kept open on purpose (rule 2)
+        except StateFileError:
+            self._forget()
+            raise
         except OSError as err:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             self._forget()
             raise StateFileError(
-                f"{self.path}: cannot write the state file ({err.strerror})"
+                f"{self.path}: cannot read the state file back ({err.strerror})"
             ) from None
         st = os.fstat(handle.fileno())
         self.writes += 1
@@ -580,16 +573,12 @@ def write_new(path: str, state: SimState, overwrite: bool = False) -> None:
         raise StateFileError(f"{lock_path}: cannot create the lock file ({err.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(dumps(state))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise StateFileError(f"{path}: cannot write the state file ({err.strerror})") from None
+        atomic.write_bytes(
+            path,
+            dumps(state).encode("utf-8"),
+            what="simulator state file",
+            fix="choose a writable path",
+            mode=None,
+        )
     finally:
         os.close(fd)

@@ -14,6 +14,7 @@ from typing import Any, List
 import pytest
 
 from migrestore import engine, logs, tables
+from migrestore.backend import Simulated
 from migrestore.errors import EXIT_CONFIG, InfeasibleError
 from migrestore.model import Config, GpuSpec, InstanceSpec, Rule
 from migrestore.nvml import Nvml
@@ -37,7 +38,7 @@ def test_every_feasible_layout_applies_and_verifies(model: str) -> None:
     table = tables.model(model)
     layouts = sorted(feasible_multisets(table.profiles))
     assert len(layouts) > 10
-    with Nvml(simulate=f"{model}:1") as nv:
+    with Nvml(Simulated(f"{model}:1")) as nv:
         for layout in layouts:
             cfg = config_for(layout)
             engine.converge(nv, cfg, log=log)
@@ -49,11 +50,11 @@ def test_every_feasible_layout_applies_and_verifies(model: str) -> None:
                 assert len(gi.cis) == 1
                 assert gi.cis[0].uuid.startswith("MIG-")
             # converged: a second pass changes nothing
-            assert nv.simulator is not None
-            before = nv.simulator.change_count
+            assert nv.backend.attached
+            before = nv.backend.simulator.change_count
             again = engine.converge(nv, cfg, log=log)
             assert again.converged_before
-            assert nv.simulator.change_count == before
+            assert nv.backend.simulator.change_count == before
 
 
 @pytest.mark.parametrize("model", tables.MODEL_NAMES)
@@ -64,17 +65,17 @@ def test_every_layout_that_does_not_fit_is_rejected_untouched(model: str) -> Non
     feasible = feasible_multisets(table.profiles)
     too_big = sorted(infeasible_neighbours(table.profiles, feasible))
     assert too_big
-    with Nvml(simulate=f"{model}:1") as nv:
+    with Nvml(Simulated(f"{model}:1")) as nv:
         # start from a real geometry so "untouched" means something
         start = max(feasible, key=len)
         engine.converge(nv, config_for(start), log=log)
-        assert nv.simulator is not None
-        before = nv.simulator.change_count
+        assert nv.backend.attached
+        before = nv.backend.simulator.change_count
         shape = geometry(nv)
         for layout in too_big:
             with pytest.raises(InfeasibleError) as info:
                 engine.converge(nv, config_for(layout), log=log)
             assert info.value.exit_code == EXIT_CONFIG
             assert "nothing was changed" in str(info.value)
-        assert nv.simulator.change_count == before
+        assert nv.backend.simulator.change_count == before
         assert geometry(nv) == shape

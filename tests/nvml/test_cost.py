@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from migrestore.backend import Simulated
 from migrestore.model import Placement
 from migrestore.nvml import Nvml
 from migrestore.simulator.engine import fresh_state
@@ -28,14 +29,14 @@ TABLE_CALLS = (
 def test_converged_observe_of_8_h100_reads_only_mode_and_geometry(tmp_path: Path) -> None:
     path = str(tmp_path / "sim.json")
     write_new(path, fresh_state(["h100-80gb-hbm3"] * 8))
-    with Nvml(simulate=path) as nv:
+    with Nvml(Simulated(path)) as nv:
         for gpu in nv.observe():
             assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
             for start in range(7):
                 gi = nv.create_gi(gpu.uuid, 19, Placement(start, 1))  # 1g.10gb
                 nv.create_ci(gpu.uuid, gi.gi_id, 0, None)
     # a new session (the daemon after a restart) on the converged GPUs
-    with Nvml(simulate=path) as nv:
+    with Nvml(Simulated(path)) as nv:
         counter = count_calls()
         first = nv.observe()
         cold = counter.total
@@ -56,7 +57,7 @@ def test_converged_observe_of_8_h100_reads_only_mode_and_geometry(tmp_path: Path
 
 
 def test_mig_off_observe_is_one_call_per_gpu() -> None:
-    with Nvml(simulate="h100-80gb-hbm3:8") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3:8")) as nv:
         nv.observe()
         counter = count_calls()
         nv.observe()
@@ -64,7 +65,7 @@ def test_mig_off_observe_is_one_call_per_gpu() -> None:
 
 
 def test_mig_device_scan_stops_once_every_ci_is_found() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         (gpu,) = nv.observe()
         assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
         for start in (0, 4):
@@ -82,7 +83,7 @@ def test_geometry_only_observe_skips_the_mig_device_scan(tmp_path: Path) -> None
     processes; the planner sees the same layout as from a full observe."""
     path = str(tmp_path / "sim.json")
     write_new(path, fresh_state(["h100-80gb-hbm3"] * 8))
-    with Nvml(simulate=path) as nv:
+    with Nvml(Simulated(path)) as nv:
         for gpu in nv.observe():
             assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
             for start in range(7):
@@ -105,11 +106,11 @@ def test_geometry_only_observe_skips_the_mig_device_scan(tmp_path: Path) -> None
 
 def test_identical_gpus_share_one_profile_table_read() -> None:
     """Eight H100s read the GI profile table (and its placements) once, not eight times."""
-    with Nvml(simulate="h100-80gb-hbm3:1") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3:1")) as nv:
         counter = count_calls()
         nv.observe()
         one = dict(counter.calls)
-    with Nvml(simulate="h100-80gb-hbm3:8,a100-80gb:1") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3:8,a100-80gb:1")) as nv:
         counter = count_calls()
         observed = nv.observe()
         many = dict(counter.calls)

@@ -9,6 +9,7 @@ import pynvml
 import pytest
 
 from migrestore import tables
+from migrestore.backend import Hardware, Simulated
 from migrestore.errors import EXIT_UNAVAILABLE, DriverUnavailable
 from migrestore.nvml import Nvml
 from migrestore.simulator import Simulator
@@ -28,7 +29,7 @@ def _real_library_present() -> bool:
 def test_no_driver_is_driver_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pynvml, "nvmlLib", None)
     pynvml._nvmlGetFunctionPointer_cache.clear()
-    nv = Nvml()
+    nv = Nvml(Hardware())
     with pytest.raises(DriverUnavailable) as info:
         nv.open()
     err = info.value
@@ -38,7 +39,7 @@ def test_no_driver_is_driver_unavailable(monkeypatch: pytest.MonkeyPatch) -> Non
     )
     assert "\n" not in str(err)
     # the context manager form fails the same way
-    with pytest.raises(DriverUnavailable), Nvml():
+    with pytest.raises(DriverUnavailable), Nvml(Hardware()):
         pass
 
 
@@ -48,17 +49,17 @@ def test_init_failure_names_the_nvml_error_and_detaches(tmp_path: Path) -> None:
     sim = Simulator(path)
     sim.fail("nvmlInitWithFlags", 1, "NVML_ERROR_DRIVER_NOT_LOADED")
     sim.close()
-    nv = Nvml(simulate=path)
+    nv = Nvml(Simulated(path))
     with pytest.raises(DriverUnavailable) as info:
         nv.open()
     assert info.value.exit_code == 69
     assert str(info.value).startswith(
         "NVIDIA driver not loaded (NVML_ERROR_DRIVER_NOT_LOADED): load it with `modprobe nvidia`"
     )
-    assert nv.simulator is None
+    assert not nv.backend.attached
     assert pynvml.nvmlLib is None
     # the fault was one-shot: the driver "came up", the next session works on the same file
-    with Nvml(simulate=path) as again:
+    with Nvml(Simulated(path)) as again:
         (gpu,) = again.observe()
         assert gpu.identity.name == tables.model("h100-80gb-hbm3").nvml_name
 
@@ -66,8 +67,7 @@ def test_init_failure_names_the_nvml_error_and_detaches(tmp_path: Path) -> None:
 @pytest.mark.skipif(not _real_library_present(), reason="no NVIDIA driver on this machine")
 def test_observe_a_real_gpu_read_only() -> None:
     # Read-only: never change MIG on a real GPU.
-    with Nvml() as nv:
-        assert nv.simulator is None
+    with Nvml(Hardware()) as nv:
         observed = nv.observe()
         assert nv.driver_version()
     for gpu in observed:

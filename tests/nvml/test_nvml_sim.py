@@ -9,6 +9,7 @@ from typing import Tuple
 import pytest
 
 from migrestore import tables
+from migrestore.backend import Simulated
 from migrestore.errors import NvmlError
 from migrestore.model import GiProfile, GpuState, Placement
 from migrestore.nvml import Nvml
@@ -41,7 +42,7 @@ def _geometry(gpu: GpuState) -> Tuple[Tuple[object, ...], ...]:
 @pytest.mark.parametrize("model", MODELS)
 def test_observe_reads_identity_and_the_model_table(model: str) -> None:
     table = tables.model(model)
-    with Nvml(simulate=model) as nv:
+    with Nvml(Simulated(model)) as nv:
         (gpu,) = nv.observe()
         ident = gpu.identity
         assert ident.index == 0
@@ -66,7 +67,7 @@ def test_observe_reads_identity_and_the_model_table(model: str) -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_ci_profiles_read_from_a_gi_equal_the_model_table(model: str) -> None:
     table = tables.model(model)
-    with Nvml(simulate=model) as nv:
+    with Nvml(Simulated(model)) as nv:
         uuid = _enabled(nv)
         counter = count_calls()
         for profile in table.profiles:
@@ -87,7 +88,7 @@ def test_ci_profiles_read_from_a_gi_equal_the_model_table(model: str) -> None:
 
 
 def test_several_gpus_by_index() -> None:
-    with Nvml(simulate="h100-80gb-hbm3:2,a100-sxm4-40gb") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3:2,a100-sxm4-40gb")) as nv:
         observed = nv.observe()
         assert [g.index for g in observed] == [0, 1, 2]
         assert [g.identity.name for g in observed] == [
@@ -107,7 +108,7 @@ def test_several_gpus_by_index() -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_create_gi_at_every_possible_placement(model: str) -> None:
     table = tables.model(model)
-    with Nvml(simulate=model) as nv:
+    with Nvml(Simulated(model)) as nv:
         uuid = _enabled(nv)
         for profile in table.profiles:
             for placement in profile.placements:
@@ -126,7 +127,7 @@ def test_create_gi_at_every_possible_placement(model: str) -> None:
 
 
 def test_gis_sorted_by_placement_with_driver_ids() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         made = [
             nv.create_gi(uuid, 19, Placement(6, 1)),
@@ -152,7 +153,7 @@ def _with_cis(model: str) -> Tuple[GiProfile, ...]:
 
 @pytest.mark.parametrize("model", [m for m in MODELS if _with_cis(m)])
 def test_create_ci_at_every_placement_and_by_default(model: str) -> None:
-    with Nvml(simulate=model) as nv:
+    with Nvml(Simulated(model)) as nv:
         uuid = _enabled(nv)
         for profile in _with_cis(model):
             gi = nv.create_gi(uuid, profile.id, profile.placements[-1])
@@ -181,7 +182,7 @@ def test_create_ci_at_every_placement_and_by_default(model: str) -> None:
 
 
 def test_cis_filling_a_gi_are_sorted_with_distinct_mig_uuids() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         gi = nv.create_gi(uuid, 0, Placement(0, 8))  # 7g.80gb
         for start in (6, 0, 3, 1, 5, 2, 4):
@@ -195,7 +196,7 @@ def test_cis_filling_a_gi_are_sorted_with_distinct_mig_uuids() -> None:
 
 
 def test_cis_of_different_profiles_are_sorted_by_placement() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         gi = nv.create_gi(uuid, 0, Placement(0, 8))  # 7g.80gb
         nv.create_ci(uuid, gi.gi_id, 0, Placement(6, 1))  # 1c.7g.80gb
@@ -210,13 +211,13 @@ def test_cis_of_different_profiles_are_sorted_by_placement() -> None:
 
 
 def test_processes_on_a_mig_device_are_observed() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         gi = nv.create_gi(uuid, 9, Placement(4, 4))
         first = nv.create_ci(uuid, gi.gi_id, 0, Placement(0, 1))
         second = nv.create_ci(uuid, gi.gi_id, 0, Placement(1, 1))
-        assert nv.simulator is not None
-        ci_id, mig_uuid = nv.simulator.run_process(uuid, gi.gi_id, second.ci_id)
+        assert nv.backend.attached
+        ci_id, mig_uuid = nv.backend.simulator.run_process(uuid, gi.gi_id, second.ci_id)
         assert (ci_id, mig_uuid) == (second.ci_id, second.uuid)
         (observed,) = nv.observe_gpu(uuid).instances
         by_id = {ci.ci_id: ci for ci in observed.cis}
@@ -226,7 +227,7 @@ def test_processes_on_a_mig_device_are_observed() -> None:
         with pytest.raises(NvmlError) as info:
             nv.destroy_ci(uuid, gi.gi_id, second.ci_id)
         assert info.value.nvml_error == "NVML_ERROR_IN_USE"
-        nv.simulator.stop_process()
+        nv.backend.simulator.stop_process()
         nv.destroy_ci(uuid, gi.gi_id, second.ci_id)
         (observed,) = nv.observe_gpu(uuid).instances
         assert [ci.ci_id for ci in observed.cis] == [first.ci_id]
@@ -237,7 +238,7 @@ def test_processes_on_a_mig_device_are_observed() -> None:
 
 @pytest.mark.parametrize("model", NOT_AMPERE)
 def test_mode_changes_at_once_after_ampere(model: str) -> None:
-    with Nvml(simulate=model) as nv:
+    with Nvml(Simulated(model)) as nv:
         (gpu,) = nv.observe()
         assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
         assert nv.mig_mode(gpu.uuid) == (True, True)
@@ -248,9 +249,9 @@ def test_mode_changes_at_once_after_ampere(model: str) -> None:
 
 @pytest.mark.parametrize("model", AMPERE)
 def test_ampere_held_by_a_client_stays_pending_until_reset(model: str) -> None:
-    with Nvml(simulate=model) as nv:
+    with Nvml(Simulated(model)) as nv:
         (gpu,) = nv.observe()
-        sim = nv.simulator
+        sim = nv.backend.simulator
         assert sim is not None
         sim.hold(gpu.uuid)
         assert nv.set_mig_mode(gpu.uuid, True) == "NVML_ERROR_IN_USE"
@@ -274,8 +275,25 @@ def test_ampere_held_by_a_client_stays_pending_until_reset(model: str) -> None:
         assert nv.mig_mode(gpu.uuid) == (False, False)
 
 
+def test_a_reset_runs_the_reset_tool_with_nvml_shut_down() -> None:
+    # nvml rule 7: one code path on hardware and simulator; the simulated tool, like the
+    # driver, refuses while this process still has NVML open
+    backend = Simulated("a100-80gb")
+    with Nvml(backend) as nv:
+        uuid = _enabled(nv)
+        (gpu,) = nv.observe()
+        with pytest.raises(NvmlError) as info:
+            backend.reset(gpu.identity.pci_bus_id, "GPU 0: reset the GPU")
+        assert info.value.nvml_error == "NVML_ERROR_IN_USE"
+        assert "shut NVML down first" in str(info.value)
+        nv.reset_gpu(uuid)
+        last = backend.simulator.changes()[-1]
+        assert (last["function"], last["gpu"]) == ("gpu_reset", 0)
+        assert nv.observe()[0].mig_current
+
+
 def test_reset_destroys_instances() -> None:
-    with Nvml(simulate="a100-80gb") as nv:
+    with Nvml(Simulated("a100-80gb")) as nv:
         uuid = _enabled(nv)
         gi = nv.create_gi(uuid, 9, Placement(4, 4))
         nv.create_ci(uuid, gi.gi_id, 2, None)
@@ -290,7 +308,7 @@ def test_reset_destroys_instances() -> None:
 
 
 def test_create_gi_with_mig_off_names_gpu_and_object() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         (gpu,) = nv.observe()
         with pytest.raises(NvmlError) as info:
             nv.create_gi(gpu.uuid, 9, Placement(4, 4))
@@ -304,7 +322,7 @@ def test_create_gi_with_mig_off_names_gpu_and_object() -> None:
 
 
 def test_overlap_is_insufficient_resources() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         nv.create_gi(uuid, 9, Placement(4, 4))
         with pytest.raises(NvmlError) as info:
@@ -317,11 +335,13 @@ def test_overlap_is_insufficient_resources() -> None:
 
 
 def test_injected_fault_keeps_the_nvml_name() -> None:
-    with Nvml(simulate="h100-80gb-hbm3:2") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3:2")) as nv:
         second = nv.observe()[1].uuid
         assert nv.set_mig_mode(second, True) == "NVML_SUCCESS"
-        assert nv.simulator is not None
-        nv.simulator.fail("nvmlDeviceCreateGpuInstanceWithPlacement", 1, "NVML_ERROR_IN_USE")
+        assert nv.backend.attached
+        nv.backend.simulator.fail(
+            "nvmlDeviceCreateGpuInstanceWithPlacement", 1, "NVML_ERROR_IN_USE"
+        )
         with pytest.raises(NvmlError) as info:
             nv.create_gi(second, 19, Placement(2, 1))
         assert (info.value.nvml_error, info.value.code) == ("NVML_ERROR_IN_USE", 19)
@@ -331,7 +351,7 @@ def test_injected_fault_keeps_the_nvml_name() -> None:
 
 
 def test_destroy_errors_name_the_instance() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         gi = nv.create_gi(uuid, 14, Placement(2, 2))
         ci = nv.create_ci(uuid, gi.gi_id, 1, None)
@@ -354,7 +374,7 @@ def test_destroy_errors_name_the_instance() -> None:
 
 
 def test_ci_errors_name_gpu_gi_and_profile() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         gi = nv.create_gi(uuid, 9, Placement(0, 4))
         nv.create_ci(uuid, gi.gi_id, 0, Placement(1, 1))
@@ -368,7 +388,7 @@ def test_ci_errors_name_gpu_gi_and_profile() -> None:
 
 
 def test_unknown_gpu_is_not_found() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         with pytest.raises(NvmlError) as info:
             nv.set_mig_mode("GPU-00000000-0000-0000-0000-000000000000", True)
         assert info.value.nvml_error == "NVML_ERROR_NOT_FOUND"
@@ -378,10 +398,10 @@ def test_unknown_gpu_is_not_found() -> None:
 
 
 def test_observe_failure_is_translated() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         (gpu,) = nv.observe()
-        assert nv.simulator is not None
-        nv.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_GPU_IS_LOST")
+        assert nv.backend.attached
+        nv.backend.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_GPU_IS_LOST")
         with pytest.raises(NvmlError) as info:
             nv.observe()
         assert info.value.nvml_error == "NVML_ERROR_GPU_IS_LOST"
@@ -391,9 +411,9 @@ def test_observe_failure_is_translated() -> None:
 
 def test_gpu_without_mig_is_observed_as_not_capable() -> None:
     # NVML answers GetMigMode with NOT_SUPPORTED on a GPU without MIG.
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
-        assert nv.simulator is not None
-        nv.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_NOT_SUPPORTED")
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
+        assert nv.backend.attached
+        nv.backend.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_NOT_SUPPORTED")
         (gpu,) = nv.observe()
         assert gpu.identity.mig_capable is False
         assert (gpu.mig_current, gpu.mig_pending, gpu.profiles, gpu.instances) == (
@@ -405,7 +425,7 @@ def test_gpu_without_mig_is_observed_as_not_capable() -> None:
 
 
 def test_set_mode_refused_is_an_error_not_a_status() -> None:
-    with Nvml(simulate="h100-80gb-hbm3") as nv:
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         uuid = _enabled(nv)
         nv.create_gi(uuid, 19, Placement(0, 1))
         # a mode change with GIs present is refused by the call itself
@@ -421,17 +441,17 @@ def test_set_mode_refused_is_an_error_not_a_status() -> None:
 def test_close_takes_the_simulator_away() -> None:
     import pynvml
 
-    nv = Nvml(simulate="h100-80gb-hbm3")
+    nv = Nvml(Simulated("h100-80gb-hbm3"))
     with nv:
-        assert nv.simulator is not None
+        assert nv.backend.attached
         assert pynvml.nvmlLib is not None
-    assert nv.simulator is None
+    assert not nv.backend.attached
     assert pynvml.nvmlLib is None
 
 
 def test_error_in_the_block_is_not_hidden_by_close() -> None:
-    with pytest.raises(NvmlError) as info, Nvml(simulate="h100-80gb-hbm3") as nv:
-        assert nv.simulator is not None
-        nv.simulator.fail("nvmlShutdown", 1, "NVML_ERROR_UNKNOWN")
+    with pytest.raises(NvmlError) as info, Nvml(Simulated("h100-80gb-hbm3")) as nv:
+        assert nv.backend.attached
+        nv.backend.simulator.fail("nvmlShutdown", 1, "NVML_ERROR_UNKNOWN")
         nv.create_gi(nv.observe()[0].uuid, 19, Placement(0, 1))
     assert info.value.nvml_error == "NVML_ERROR_NOT_SUPPORTED"

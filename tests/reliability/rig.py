@@ -6,7 +6,7 @@ Rules:
    stand-in whose client units run a process that really holds a simulated GPU, and the
    lock and state-file paths of the run. Nothing of migrestore is replaced: commands run
    through ``migrestore.cli.main`` in this process (or as real processes where a process
-   boundary is the point), against ``Nvml(simulate=STATE)``.
+   boundary is the point), against ``Nvml(Simulated(STATE))``.
 2. The simulator is inspected and steered through its Python API (``Simulator`` on the
    same state file), never through ``migrestore-sim`` subprocesses, so a check costs
    milliseconds.
@@ -34,6 +34,7 @@ import pytest
 
 from migrestore import config as configmod
 from migrestore import engine
+from migrestore.backend import Simulated
 from migrestore.model import Config
 from migrestore.nvml import Nvml
 from migrestore.simulator import Simulator
@@ -129,7 +130,7 @@ class Rig:
 
     def converged(self, cfg: Config) -> bool:
         """Whether the GPUs are as ``cfg`` declares (a fresh NVML session, no lock)."""
-        with Nvml(simulate=self.state) as nv:
+        with Nvml(Simulated(self.state)) as nv:
             plan, _ = engine.make_plan(cfg, nv.observe(), force=True)
         return plan.converged
 

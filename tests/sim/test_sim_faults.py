@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -148,3 +149,47 @@ def test_changes_are_counted_and_logged(attach: Callable[[str], simulator.Simula
     log = sim.changes()
     assert len(log) == 64 and log[-1]["seq"] == 73
     del gi
+
+
+def test_a_freeze_stops_the_process_right_after_the_nth_change_once(
+    state_file: Callable[..., str],
+) -> None:
+    path = state_file("h100-80gb-hbm3")
+    sim = simulator.Simulator(path)
+    try:
+        sim.set_mode(0, True)
+        base = sim.change_count
+        sim.freeze_after(2)
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys\n"
+                "from migrestore.simulator import Simulator\n"
+                "sim = Simulator(sys.argv[1])\n"
+                "for start in (0, 1, 2):\n"
+                "    sim.create_gi(0, '1g.10gb', start)\n",
+                path,
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            # a condition, not a time: the child is stopped (or has ended, a failure)
+            _pid, status = os.waitpid(child.pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status), status
+            assert sim.change_count == base + 2  # stopped right after its 2nd change
+            assert sim.state().freeze_at == 0  # one-shot: disarmed by the freeze
+            os.kill(child.pid, signal.SIGCONT)
+            assert child.wait(timeout=60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert sim.change_count == base + 3
+        sim.freeze_after(1)
+        sim.freeze_after(0)  # disarmed
+        assert sim.state().freeze_at == 0
+        with pytest.raises(MigrestoreError, match="0 or more"):
+            sim.freeze_after(-1)
+    finally:
+        sim.close()
