@@ -11,9 +11,11 @@ Rules:
 3. ``STATUS=`` is one line (newlines and other control characters become spaces)
    of at most ``STATUS_MAX`` characters, since ``systemctl status`` shows it as one.
 4. A failed send never raises: READY that cannot be sent is systemd's problem to
-   time out on, not a reason to abandon a GPU half-configured. It is logged once as a
-   warning, and the next send connects again (the socket may have been re-created by
-   a ``systemctl daemon-reexec``).
+   time out on, not a reason to abandon a GPU half-configured. The first failure is
+   logged as a warning through the logger every ``Notifier`` is given (the daemon
+   passes its own), and the next send connects again (the socket may have been
+   re-created by a ``systemctl daemon-reexec``). Text that is not valid UTF-8 (a
+   path with undecodable bytes) is sent with replacement characters, not refused.
 5. ``READY=1`` means converged (the daemon sends it after verification), and nothing
    else.
 """
@@ -48,7 +50,7 @@ class Notifier:
     ``enabled`` says whether ``$NOTIFY_SOCKET`` was set when the object was made.
     """
 
-    def __init__(self, log: Optional[BoundLogger] = None) -> None:
+    def __init__(self, log: BoundLogger) -> None:
         self._address = os.environ.get("NOTIFY_SOCKET", "")
         self._log = log
         self._sender: Any = None
@@ -116,7 +118,7 @@ class Notifier:
     def _send(self, message: str) -> None:
         if not self._address:
             return
-        payload = message.encode("utf-8").decode("latin-1")
+        payload = message.encode("utf-8", "replace").decode("latin-1")
         error: Optional[BaseException] = None
         for _attempt in range(2):
             try:
@@ -127,7 +129,7 @@ class Notifier:
             except (OSError, ValueError) as err:  # ValueError: a NUL in a path address
                 error = err
                 self._close()
-        if self._log is not None and not self._warned:
+        if not self._warned:
             self._warned = True
             kind = message.split("=", 1)[0]
             self._log.warning(

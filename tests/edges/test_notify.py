@@ -10,6 +10,7 @@ from typing import Iterator, Tuple
 
 import pytest
 
+from migrestore import logs
 from migrestore.notify import STATUS_MAX, Notifier, one_line
 
 from .conftest import Journal
@@ -47,14 +48,14 @@ def recv(sock: socket.socket) -> str:
 
 
 def test_ready_sends_ready_and_status_in_one_datagram(systemd: socket.socket) -> None:
-    n = Notifier()
+    n = Notifier(logs.get_logger())
     assert n.enabled
     n.ready("converged: 2 GPUs as configured")
     assert recv(systemd) == "READY=1\nSTATUS=converged: 2 GPUs as configured"
 
 
 def test_each_message(systemd: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
-    n = Notifier()
+    n = Notifier(logs.get_logger())
     n.status("stopping client units")
     n.watchdog()
     n.stopping()
@@ -73,7 +74,7 @@ def test_each_message(systemd: socket.socket, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_status_is_one_bounded_line(systemd: socket.socket) -> None:
-    n = Notifier()
+    n = Notifier(logs.get_logger())
     n.status("failed: GPU 0\n  create GI\tat 4:4\r\nNVML_ERROR_IN_USE")
     assert recv(systemd) == "STATUS=failed: GPU 0 create GI at 4:4 NVML_ERROR_IN_USE"
     n.status("x" * 1000)
@@ -82,7 +83,7 @@ def test_status_is_one_bounded_line(systemd: socket.socket) -> None:
 
 
 def test_non_ascii_status_arrives_as_utf8(systemd: socket.socket) -> None:
-    Notifier().status("GPU 0 → 3g.40gb ✓")
+    Notifier(logs.get_logger()).status("GPU 0 → 3g.40gb ✓")
     assert recv(systemd) == "STATUS=GPU 0 → 3g.40gb ✓"
 
 
@@ -94,7 +95,7 @@ def test_one_line() -> None:
 
 def test_no_socket_means_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    n = Notifier()
+    n = Notifier(logs.get_logger())
     assert not n.enabled
     n.ready("x")
     n.status("y")
@@ -120,7 +121,7 @@ def test_reconnects_when_the_socket_is_recreated(
 ) -> None:
     first, path = _bind_path(tmp_path)
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    n = Notifier()
+    n = Notifier(logs.get_logger())
     n.status("one")
     assert first.recv(100) == b"STATUS=one"
     first.close()
@@ -159,3 +160,15 @@ def test_watchdog_interval(
         value = {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(pid, pid)
         monkeypatch.setenv("WATCHDOG_PID", value)
     assert Notifier.watchdog_interval() == expected
+
+
+def test_text_that_is_not_utf8_is_sent_replaced_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a config path with undecodable bytes reaches STATUS= as a lone surrogate
+    sock, path = _bind_path(tmp_path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    n = Notifier(logs.get_logger())
+    n.status("failed: /etc/migrestore-\udcff.yaml:3: bad")
+    assert sock.recv(200) == b"STATUS=failed: /etc/migrestore-?.yaml:3: bad"
+    sock.close()

@@ -267,7 +267,8 @@ def test_drift_is_restored_or_reported_per_policy(hopper: Node, policy: str) -> 
     if policy == "restore":
         hopper.wait_until(lambda: cis_on_gpu1() == 3, what="drift restored")
     else:
-        time.sleep(3.0)
+        # the daemon says it saw the drift; only then is "not restored" a fact
+        hopper.notify.wait_for("STATUS=drift:")
         assert cis_on_gpu1() == 2
     assert hopper.geometry(1) == EXPECTED
     code, err = hopper.stop_daemon()
@@ -289,6 +290,20 @@ def test_hopper_reboot_restores_mode_and_geometry(hopper: Node) -> None:
     assert "reset gpu=" not in err  # Hopper: no reset
     assert hopper.mig(0)["current"] is True
     assert hopper.geometry(0) == EXPECTED and hopper.geometry(1) == EXPECTED
+
+
+def test_the_daemon_reports_a_notify_socket_it_cannot_reach(hopper: Node) -> None:
+    # notify rule 4: the daemon's notifier has the logger, so a lost READY is in the journal
+    hopper.write_config(config())
+    gone = str(hopper.tmp / "no-such-socket")
+    hopper.start_daemon("--once", env={"NOTIFY_SOCKET": gone})
+    code, err = hopper.wait_daemon()
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "notify_failed" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("<4>notify_failed ")
+    assert f"socket={gone}" in warnings[0]
+    assert hopper.geometry(0) == EXPECTED
 
 
 def test_watchdog_pings_when_systemd_asks(hopper: Node) -> None:

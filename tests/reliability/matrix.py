@@ -234,7 +234,7 @@ class WatchDriver(Driver):
             select_name=None,
             simulate=rig.state,
             log=logs.get_logger(),
-            notifier=Notifier(),
+            notifier=Notifier(logs.get_logger()),
         )
         self.daemon.nv = self.daemon.wait_for_driver()
         self.daemon.converge()

@@ -37,6 +37,7 @@ import structlog
 
 from migrestore import config as configmod
 from migrestore import engine, logs, statefile
+from migrestore.backend import Simulated
 from migrestore.daemon import Daemon
 from migrestore.lock import GpuLock
 from migrestore.model import Config
@@ -295,7 +296,7 @@ def test_a_watch_loop_under_random_drift_keeps_converging_with_flat_memory(
 
 
 def converged(rig: Rig, cfg: Config) -> bool:
-    with Nvml(simulate=rig.state) as nv:
+    with Nvml(Simulated(rig.state)) as nv:
         plan, _ = engine.make_plan(cfg, nv.observe(devices=False), force=True)
     return plan.converged
 
@@ -320,7 +321,7 @@ def test_a_watch_tick_that_waited_for_the_lock_plans_from_what_it_finds(rig: Rig
         select_name=None,
         simulate=rig.state,
         log=logs.get_logger(),
-        notifier=Notifier(),
+        notifier=Notifier(logs.get_logger()),
     )
     daemon.nv = daemon.wait_for_driver()
     errors: List[BaseException] = []
@@ -341,7 +342,10 @@ def test_a_watch_tick_that_waited_for_the_lock_plans_from_what_it_finds(rig: Rig
         try:
             # the tick waits for the lock before it reads the GPUs; meanwhile another
             # migrestore, holding the lock, restores the GI itself
-            time.sleep(0.5)
+            deadline = time.monotonic() + 60
+            while not _waiting_for_the_lock(thread):
+                assert time.monotonic() < deadline, "the tick never waited for the lock"
+                time.sleep(0.01)
             assert "drift_detected" not in journal.getvalue()
             gi_id = rig.sim.create_gi(0, "1g.10gb", 0)
             rig.sim.create_ci(0, gi_id)
@@ -356,3 +360,14 @@ def test_a_watch_tick_that_waited_for_the_lock_plans_from_what_it_finds(rig: Rig
     # it read what it found after the other run: nothing had drifted any more
     assert "drift_detected" not in journal.getvalue()
     assert rig.converged(cfg)
+
+
+def _waiting_for_the_lock(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is inside ``GpuLock.acquire`` (its stack, read from outside)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "acquire" and code.co_filename.endswith("lock.py"):
+            return True
+        frame = frame.f_back
+    return False
