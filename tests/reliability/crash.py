@@ -7,10 +7,11 @@ Rules:
    GPU lock, NVML session and state-file writes. Forking instead of exec'ing a new Python
    saves half a second per kill and changes nothing the kernel sees: the child holds the
    lock through its own descriptor, and SIGKILL ends it without any cleanup of ours.
-2. The kill lands after the k-th NVML change: every change call gets a per-call latency
-   (slept after the change is recorded), the test polls the simulator's change count
-   and sends SIGKILL as soon as it reaches k. Calls of other GPUs' threads may still
-   add a change meanwhile; the count at the kill is recorded.
+2. The kill lands after the k-th NVML change, a condition, never a time window: the
+   simulator is armed to freeze (SIGSTOP) the process that makes the k-th change right
+   after it (``Simulator.freeze_after``); the test waits until the child is stopped and
+   sends SIGKILL. Calls of other GPUs' threads may have added a change meanwhile; the
+   count at the kill is recorded.
 3. After the kill: the simulator's state file parses, migrestore's state file (if any)
    parses, the GPU lock is free at once (the kernel dropped the dead holder's flock),
    every worker's MIG device still exists, and the next start converges with no step in
@@ -37,21 +38,12 @@ from migrestore.simulator import Simulator
 from tests.reliability.matrix import ApplyDriver, Driver, Record
 from tests.reliability.rig import Rig, fast_dir
 from tests.reliability.scenarios import (
-    CREATE_CI,
-    CREATE_GI,
-    DESTROY_CI,
-    DESTROY_GI,
-    SET_MODE,
     Scenario,
     config_of,
 )
 
-CHANGE_LATENCY_US = 30_000  # after each change: the window in which the kill lands
 KILL_DEADLINE = 120.0
 KILL = "SIGKILL"
-LATENCY_CALLS = (SET_MODE, CREATE_GI, CREATE_CI, DESTROY_GI, DESTROY_CI)
-# The reset is not an NVML symbol: the mode read that follows it carries the latency.
-AFTER_RESET = "nvmlDeviceGetMigMode"
 
 
 @dataclass(frozen=True)
@@ -92,25 +84,34 @@ def fork_command(argv: Sequence[str], log_path: Path) -> int:
         os._exit(code)
 
 
+def wait_stopped(pid: int, deadline: float = KILL_DEADLINE) -> Optional[int]:
+    """Wait until the child ``pid`` is stopped (None) or has exited (its exit code)."""
+    until = time.monotonic() + deadline
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
+        if done:
+            if os.WIFSTOPPED(status):
+                return None
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > until:
+            raise AssertionError(f"process {pid} neither stopped nor ended in {deadline:g} s")
+        time.sleep(0.001)
+
+
 def kill_after(rig: Rig, argv: Sequence[str], wanted: int, log_path: Path) -> Kill:
-    """Start ``argv`` and SIGKILL it once ``wanted`` changes are made (rule 2)."""
+    """Start ``argv`` and SIGKILL it right after its ``wanted``-th change (rule 2)."""
     base = rig.changes()
+    rig.sim.freeze_after(wanted)
     pid = fork_command(argv, log_path)
-    deadline = time.monotonic() + KILL_DEADLINE
     try:
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return Kill(wanted, -1, "", os.waitstatus_to_exitcode(status))
-            made = rig.changes() - base
-            if made >= wanted:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                changes = rig.sim.changes()
-                return Kill(wanted, made, changes[-1]["function"] if changes else "", None)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no change {wanted} within {KILL_DEADLINE:g} s")
-            time.sleep(0.001)
+        code = wait_stopped(pid)
+        if code is not None:
+            rig.sim.freeze_after(0)
+            return Kill(wanted, -1, "", code)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        changes = rig.sim.changes()
+        return Kill(wanted, rig.changes() - base, changes[-1]["function"] if changes else "", None)
     except BaseException:
         if not os.waitpid(pid, os.WNOHANG)[0]:
             os.kill(pid, signal.SIGKILL)
@@ -177,23 +178,11 @@ class Crasher:
         reset = any(c["function"] == "gpu_reset" for c in self.rig.sim.changes()[-made:])
         return made, reset
 
-    def slow_changes(self, reset: bool, us: int = CHANGE_LATENCY_US) -> None:
-        for function in LATENCY_CALLS:
-            self.rig.sim.latency(us, function)
-        if reset:
-            self.rig.sim.latency(us, AFTER_RESET)
-
-    def fast_changes(self) -> None:
-        for function in (*LATENCY_CALLS, AFTER_RESET):
-            self.rig.sim.latency(0, function)
-
     def check(self, wanted: int, reset: bool) -> Record:
         record = Record(self.driver.scenario.name, "SIGKILL after change", wanted, KILL)
         self.reset()
-        self.slow_changes(reset)
         log = self.logs / f"killed-{wanted}.log"
         kill = kill_after(self.rig, self.argv(), wanted, log)
-        self.fast_changes()
         if kill.at < 0:
             record.outcome = "ended"
             record.code = kill.code or 0

@@ -20,6 +20,7 @@ from tests.reliability.crash import (
     fork_command,
     kill_after,
     kill_points,
+    wait_stopped,
 )
 from tests.reliability.matrix import (
     Record,
@@ -68,17 +69,18 @@ def test_clients_a_killed_run_stopped_run_again_after_the_next_start(
     with crash_session(scenario, monkeypatch, capsys) as crasher:
         rig = crasher.rig
         crasher.reset()
-        crasher.slow_changes(reset=False)
         if how == "apply":
             kill = kill_after(rig, crasher.argv(), 1, rig.node.tmp / "killed.log")
             assert kill.at >= 1
         else:  # a real `migrestore daemon` process, exec'd as systemd would
-            base = rig.changes()
+            rig.sim.freeze_after(1)
             daemon = rig.node.start_daemon()
-            rig.node.wait_until(lambda: rig.changes() > base, what="the first change")
-            daemon.send_signal(signal.SIGKILL)
-            daemon.communicate(timeout=30)
-        crasher.fast_changes()
+            try:
+                # the daemon stops itself right after its first change: kill it there
+                assert wait_stopped(daemon.pid) is None, daemon.communicate(timeout=30)
+            finally:
+                daemon.kill()
+                daemon.communicate(timeout=30)
         assert rig.node.units.state("nvidia-dcgm.service") == "inactive"
         code, message = crasher.next_start()
         assert code == 0, message
@@ -93,17 +95,17 @@ def test_ctrl_c_during_apply_starts_the_stopped_clients_again(
     with crash_session(scenario, monkeypatch, capsys) as crasher:
         rig = crasher.rig
         crasher.reset()
-        # 0.3 s after each change: the interrupt lands while the GPU is being changed,
-        # not after the run already started the units again
-        crasher.slow_changes(reset=False, us=300_000)
+        # the run stops itself right after its first change: the interrupt lands while
+        # the GPU is being changed, not after the run already started the units again
+        rig.sim.freeze_after(1)
         base = rig.changes()
         pid = fork_command(crasher.argv(), rig.node.tmp / "interrupted.log")
         try:
-            rig.node.wait_until(lambda: rig.changes() > base, what="the first change")
+            assert wait_stopped(pid) is None
             os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGCONT)
         finally:
             _pid, status = os.waitpid(pid, 0)
-        crasher.fast_changes()
         log = (rig.node.tmp / "interrupted.log").read_text()
         assert os.waitstatus_to_exitcode(status) == 130, log
         assert "migrestore: interrupted" in log
@@ -121,15 +123,13 @@ def test_sigterm_during_the_first_pass_finishes_it_and_exits_0(
     with crash_session(scenario, monkeypatch, capsys) as crasher:
         rig = crasher.rig
         crasher.reset()
-        crasher.slow_changes(reset=False, us=300_000)
+        rig.sim.freeze_after(1)
         base = rig.changes()
         daemon = rig.node.start_daemon()
-        try:
-            rig.node.wait_until(lambda: rig.changes() > base, what="the first change")
-            daemon.send_signal(signal.SIGTERM)
-            code, err = rig.node.wait_daemon(timeout=60)
-        finally:
-            crasher.fast_changes()
+        assert wait_stopped(daemon.pid) is None
+        daemon.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGCONT)
+        code, err = rig.node.wait_daemon(timeout=60)
         assert code == 0, err
         assert "Traceback" not in err
         assert rig.changes() - base == 4  # the whole pass: 1 CI destroyed, 3 created
