@@ -1,7 +1,7 @@
 # The test command is `make check`: lint, type-check, then every test tier.
 PYTHON ?= python3
 
-.PHONY: check lint typecheck test test-fast packages bench clean
+.PHONY: check lint typecheck test test-fast realgpu packages bench clean
 
 check: lint typecheck test
 
@@ -18,6 +18,10 @@ test:
 # Everything but the real-systemd and packaging tiers: seconds, no root needed.
 test-fast:
 	$(PYTHON) -m pytest -m "not system and not packaging"
+
+# Read-only checks on this machine's NVIDIA GPUs (docs/REALGPU.md); skips without a driver.
+realgpu:
+	$(PYTHON) -m pytest -m realgpu tests/realgpu
 
 packages:
 	$(PYTHON) packaging/build.py --out dist
