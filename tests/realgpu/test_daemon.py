@@ -45,6 +45,10 @@ class Daemon:
     ready_after: float
     notes: List[str] = field(default_factory=list)
 
+    def ticks(self) -> int:
+        """Watch ticks logged: converged, or drift (another user) reported."""
+        return sum(len(self.events(n)) for n in ("watch", "drift_detected", "drift_ignored"))
+
     def events(self, name: str) -> List[Any]:
         found = []
         for line in self.log.read_text(errors="replace").splitlines():
@@ -107,14 +111,10 @@ def test_daemon_reaches_ready_without_a_mutating_call(target: Target, daemon: Da
 
 
 def test_daemon_keeps_watching(daemon: Daemon) -> None:
-    first = len(daemon.events("watch"))
-    wait_until(
-        lambda: len(daemon.events("watch")) >= first + 2, 60, "two more watch ticks", every=0.1
-    )
+    first = daemon.ticks()
+    wait_until(lambda: daemon.ticks() >= first + 2, 60, "two more watch ticks", every=0.1)
     assert daemon.proc.poll() is None
-    assert all(e.get("outcome") == "converged" for e in daemon.events("watch")) or (
-        daemon.events("drift_detected")
-    )
+    assert not daemon.events("watch_failed"), daemon.log.read_text()
 
 
 @IDLE_WITHOUT_NVML
@@ -127,17 +127,17 @@ def test_daemon_holds_no_nvml_between_ticks(target: Target, daemon: Daemon) -> N
     markers = target.session_files()
 
     def idle_sample(after_tick: int) -> Any:
-        ticks = len(daemon.events("watch"))
+        ticks = daemon.ticks()
         before = syscall_line(pid)
         if ticks <= after_tick or before.split(" ", 1)[0] != waiting:
             return None
         links = fd_links(pid)
-        if syscall_line(pid) != before or len(daemon.events("watch")) != ticks:
+        if syscall_line(pid) != before or daemon.ticks() != ticks:
             return None
         return ticks, links
 
     held = []
-    tick = len(daemon.events("watch")) - 1
+    tick = daemon.ticks() - 1
     for _ in range(2):
         tick, links = wait_until(
             lambda t=tick: idle_sample(t), 60, "the daemon idle between two ticks", every=0.02

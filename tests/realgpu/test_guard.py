@@ -172,6 +172,37 @@ def test_every_mutating_symbol_of_the_real_library_is_refused(target: Target) ->
             pynvml.nvmlDeviceSetMigMode(None, 0)
 
 
+@pytest.mark.parametrize("kind", CONTRACT_KINDS)
+def test_each_contract_kind_is_refused_on_the_target(
+    kind: str, target: Target, realgpu_guard: GuardEnv
+) -> None:
+    """On the GPUs the tier checks (real when a driver answers): every symbol of the
+    kind the library exports, and a later one, is refused at the lookup and on the
+    library object; every pynvml wrapper of the kind is the guard's stub (checked before
+    it is called) and refuses a call. Reads still answer."""
+    changes = target.changes()
+    with target.nvml():
+        if target.simulated:
+            symbols = list(guardmod.unwrap(pynvml.nvmlLib).symbol_names)
+        else:
+            path = guardmod.loaded_library_path()
+            assert path, "libnvidia-ml.so is not mapped although NVML answered"
+            symbols = guardmod.exported_symbols(path)
+        of_kind = [s for s in symbols if guardmod.kind(s) == kind]
+        for name in [*of_kind, f"nvmlDevice{kind}FutureGeometry"]:
+            with pytest.raises(guardmod.MutationRefused):
+                pynvml._nvmlGetFunctionPointer(name)
+            with pytest.raises(guardmod.MutationRefused):
+                getattr(pynvml.nvmlLib, name)
+        assert pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+        for name in _wrappers_of(kind):
+            stub = getattr(pynvml, name)
+            assert hasattr(stub, "_realgpu_original"), f"{name} is not the guard's stub"
+            with pytest.raises(guardmod.MutationRefused):
+                stub(None, 0, 0)  # a NULL handle, should anything ever get through
+    assert target.changes() == changes
+
+
 def test_the_simulators_detach_still_closes_its_state(tmp_path: Path) -> None:
     """The guarded library object passes for the fake it wraps, so detach closes it."""
     state = tmp_path / "gpus.json"
