@@ -560,7 +560,7 @@ def simulator_profiles(
     ``profiles --json`` entry, with the CI profiles of each GI profile ID in
     ``gi_profiles`` read from a GI of that profile (as on the real GPU, where they are
     read from the GIs that exist), and the ``status --json`` entry."""
-    from migrestore import render, simulator
+    from migrestore import backend, render, simulator
     from migrestore.nvml import Nvml
     from migrestore.simulator import cli as simcli
 
@@ -570,7 +570,7 @@ def simulator_profiles(
         assert simcli.main(["init", state, model, "--force"]) == 0
 
     def observe() -> Any:
-        with Nvml(simulate=state) as nv:
+        with Nvml(backend.choose(state)) as nv:
             return nv.observe()
 
     def with_sim(action: Any) -> Any:
