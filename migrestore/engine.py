@@ -128,7 +128,7 @@ def state_document(
 def make_plan(
     cfg: Config, observed: Tuple[GpuState, ...], *, force: bool
 ) -> Tuple[Plan, Dict[str, Any]]:
-    desired, unmatched = configmod.resolve(cfg, observed)
+    desired = configmod.resolve(cfg, observed)
     try:
         plan = planner.plan(
             desired, observed, force=force, allow_reset=cfg.ampere_reset == RESET_ALLOW
@@ -143,8 +143,6 @@ def make_plan(
             if spec is not None and exc.gpu in (gpu.label(), str(gpu.index), gpu.uuid):
                 where = spec.source or cfg.path
         raise InfeasibleError(exc.gpu, exc.reason, where) from None
-    if unmatched and not plan.unmatched:
-        plan = Plan(plan.gpus, tuple(unmatched), plan.notes)
     return plan, dict(desired)
 
 

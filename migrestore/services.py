@@ -15,8 +15,8 @@ Rules:
    one whose stop failed (it was running, and a timed-out stop job can still complete
    in systemd after ``systemctl`` gave up) are started again before ServiceError is
    raised.
-4. Unit names are checked before they reach an argv: systemd's characters only, no
-   leading ``-`` (it would read as an option), a known unit type suffix.
+4. Unit names are checked before they reach an argv, by ``units.check_unit_name``: the
+   rule the config applies, so a name the config accepts is never refused here.
 5. ``systemctl`` runs with ``--no-ask-password`` (a service cannot answer a prompt)
    and every call is bounded. Its path is ``$MIGRESTORE_SYSTEMCTL`` when set, which
    is how tests put a stand-in in its place.
@@ -25,12 +25,12 @@ Rules:
 from __future__ import annotations
 
 import os
-import re
 from typing import List, Optional, Sequence, Tuple
 
 from migrestore.errors import ServiceError
 from migrestore.logs import BoundLogger
 from migrestore.proc import Completed, run_bounded
+from migrestore.units import UNIT_SUFFIXES, check_unit_name
 
 __all__ = [
     "QUERY_TIMEOUT",
@@ -42,51 +42,11 @@ __all__ = [
     "validate_unit",
 ]
 
-UNIT_SUFFIXES: Tuple[str, ...] = (
-    "service",
-    "socket",
-    "target",
-    "timer",
-    "path",
-    "mount",
-    "automount",
-    "swap",
-    "slice",
-    "scope",
-    "device",
-)
-UNIT_NAME_MAX = 255
 QUERY_TIMEOUT = 30.0  # is-active and start --no-block: both answer at once unless systemd is stuck
 
 # The states in which a unit's processes may be holding a GPU.
 RUNNING_STATES = frozenset({"active", "reloading", "activating", "refreshing"})
 KNOWN_STATES = RUNNING_STATES | frozenset({"inactive", "failed", "deactivating", "maintenance"})
-
-_NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\@-]+")
-
-
-def check_unit_name(name: str) -> Optional[str]:
-    """What is wrong with ``name`` as a unit name, or None when it is a valid one."""
-    if not name:
-        return "is empty"
-    if len(name) > UNIT_NAME_MAX:
-        return f"is longer than {UNIT_NAME_MAX} characters"
-    if name.startswith("-"):
-        return "starts with '-'"
-    if not _NAME_CHARS.fullmatch(name):
-        return "has characters systemd does not allow in unit names (allowed: A-Z a-z 0-9 : _ . \\ @ -)"
-    prefix, dot, suffix = name.rpartition(".")
-    if not dot or suffix not in UNIT_SUFFIXES:
-        return f"does not end in a unit type ({', '.join('.' + s for s in UNIT_SUFFIXES)})"
-    if not prefix or prefix.startswith("@"):
-        return "has no name before the type"
-    if "@" in prefix:
-        instance = prefix.partition("@")[2]
-        if "@" in instance:
-            return "has more than one '@'"
-        if not instance:
-            return "is a template; name an instance (foo@instance.service)"
-    return None
 
 
 def validate_unit(name: str) -> str:

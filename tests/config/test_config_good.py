@@ -173,6 +173,26 @@ POLICY_CASES = [
         ),
     ),
     ("no-clients", "clients: []\n", dict(clients=())),
+    (
+        "every-unit-type",
+        "clients: [proc-sys-fs-binfmt_misc.automount, getty@tty1.service, dev-nvidia0.device,"
+        " a.socket, a.target, a.timer, a.path, data.mount, a.swap, a.slice, a.scope]\n",
+        dict(
+            clients=(
+                "proc-sys-fs-binfmt_misc.automount",
+                "getty@tty1.service",
+                "dev-nvidia0.device",
+                "a.socket",
+                "a.target",
+                "a.timer",
+                "a.path",
+                "data.mount",
+                "a.swap",
+                "a.slice",
+                "a.scope",
+            )
+        ),
+    ),
     ("interval-seconds-string", "drift: {interval: 30s}\n", dict(drift_interval=30.0)),
     ("interval-fraction", "drift: {interval: 2.5}\n", dict(drift_interval=2.5)),
     ("interval-minutes", "drift: {interval: '5m'}\n", dict(drift_interval=300.0)),

@@ -54,7 +54,7 @@ def shapes(
     cfg: Config, observed: Sequence[GpuState]
 ) -> Dict[int, Tuple[bool, Tuple[InstanceSpec, ...]]]:
     """GPU index -> (mig, instances) of its resolved spec; unmatched GPUs are absent."""
-    desired, _ = config.resolve(cfg, observed)
+    desired = config.resolve(cfg, observed)
     by_uuid = {g.uuid: g.index for g in observed}
     return {by_uuid[uuid]: (spec.mig, spec.instances) for uuid, spec in desired.items()}
 
@@ -112,15 +112,14 @@ def test_per_sku_balanced_on_a_mixed_node() -> None:
         2: H100_BALANCED,
         3: H100_BALANCED,
     }
-    _, untouched = config.resolve(cfg, MIXED)
-    assert untouched == ("4 (GPU-dddddddd-0000-0000-0000-000000000004) NVIDIA T1000",)
+    assert DISPLAY.uuid not in config.resolve(cfg, MIXED)
 
 
 def test_devices_all_skips_gpus_that_are_not_mig_capable() -> None:
     cfg = config.parse(TEXT, str(EXAMPLE), "all-disabled")
-    desired, untouched = config.resolve(cfg, MIXED)
+    desired = config.resolve(cfg, MIXED)
     assert DISPLAY.uuid not in desired
-    assert len(untouched) == 1
+    assert set(desired) == {g.uuid for g in MIXED if g.identity.mig_capable}
 
 
 def test_rules_carry_the_entry_line_and_mig_parted_selectors() -> None:

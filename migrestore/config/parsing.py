@@ -1,0 +1,41 @@
+"""Config text -> ``Config``: which format a file is in, and the pure entry point.
+
+Rules:
+
+1. A file with ``mig-configs`` at its top level is a mig-parted file; anything else is
+   read as a native file.
+2. Pure: text in, ``Config`` out. A reader is passed in only by ``files.load``, for the
+   mig-parted file a native config references.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from migrestore.config.migparted import mig_parted_rules
+from migrestore.config.native import native_config
+from migrestore.config.yaml_strict import Doc, Reader, compose, read_mapping
+from migrestore.model import Config
+
+
+def parse_text(text: str, path: str, select: Optional[str], reader: Optional[Reader]) -> Config:
+    doc = Doc(path)
+    root = compose(doc, text)
+    entries = read_mapping(doc, root, "", "a mapping of keys (the file's top level)")
+    if "mig-configs" in entries:
+        rules, selected = mig_parted_rules(doc, root, entries, select)
+        return Config(path=path, rules=rules, selected=selected)
+    return native_config(doc, root, entries, select, reader)
+
+
+def parse(text: str, path: str = "<config>", select: Optional[str] = None) -> Config:
+    """Parse config text (native, or a mig-parted file) into a ``Config``. Pure.
+
+    ``select`` names the config of a mig-parted file (``--select``); a file with a single
+    config selects it. ``path`` only names the text in errors.
+
+    Raises:
+        ConfigError: anything wrong with the text, naming line, key and fix. A native
+            config that references a mig-parted file (``mig-parted.file``) needs ``load``.
+    """
+    return parse_text(text, path, select, None)
