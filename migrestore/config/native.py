@@ -269,7 +269,9 @@ def _clients(doc: Doc, node: yaml.Node, key: str) -> Tuple[str, ...]:
         unit = read_str(doc, item, item_key, "a systemd unit name")
         bad = unit_name_problem(unit)
         if bad is not None:
-            doc.fail(item, item_key, f"unit name {unit!r} {bad.problem}", bad.fix)
+            doc.fail(
+                item, item_key, f"{unit!r} is not a systemd unit name: it {bad.problem}", bad.fix
+            )
         if unit == "migrestore.service":
             doc.fail(item, item_key, "migrestore cannot stop itself", "remove it from clients")
         if unit in units:

@@ -104,7 +104,7 @@ CASES = [
         V + "clients: [dcgm@.service]\ngpus: []\n",
         2,
         "clients[0]",
-        "unit name 'dcgm@.service' is a template with no instance (name an instance: dcgm@INSTANCE.service)",
+        "'dcgm@.service' is not a systemd unit name: it is a template with no instance (name an instance: dcgm@INSTANCE.service)",
     ),
     (
         "client-two-at",

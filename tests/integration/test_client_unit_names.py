@@ -77,7 +77,9 @@ def test_validate_apply_and_daemon_refuse_the_same_unit_name_alike(
     daemon = _migrestore(config, "daemon", "--once")
     assert (validate.returncode, apply.returncode, daemon.returncode) == (EXIT_CONFIG,) * 3
     message = _cli_message(validate)
-    assert message.startswith(f"{config}:2: clients[0]: unit name {unit!r} {problem}")
+    assert message.startswith(
+        f"{config}:2: clients[0]: {unit!r} is not a systemd unit name: it {problem}"
+    )
     assert _cli_message(apply) == message
     assert _daemon_message(daemon) == message
 
