@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from migrestore import tables
 from migrestore.errors import MigrestoreError
-from migrestore.simulator import codes, engine
+from migrestore.simulator import clib, codes, engine
 from migrestore.simulator.core import GPU_RESET, Simulator
 from migrestore.simulator.fakelib import SYMBOL_NAMES
 from migrestore.simulator.state import current_boot_id, write_new
@@ -285,6 +285,27 @@ def cmd_destroy_gi(args: argparse.Namespace) -> int:
     return _with_sim(args, act)
 
 
+def cmd_lib(args: argparse.Namespace) -> int:
+    path = clib.library_path()
+    if not os.path.isfile(path):
+        raise MigrestoreError(
+            f"the simulated {clib.SONAME} is not built ({path} is missing): "
+            f"run 'make sim-lib' in {os.path.dirname(os.path.dirname(os.path.dirname(path)))}"
+        )
+    if args.path:
+        print(path)
+        return 0
+    state = args.state or "STATE"
+    directory = os.path.dirname(path)
+    print(f"simulated NVML library: {path}")
+    print(f"(it answers {len(clib.KINDS) + 1} NVML functions from the state file in ${clib.ENV})")
+    print("a program that loads libnvidia-ml.so.1 by name (dlopen, go-nvml, pynvml):")
+    print(f"  {clib.ENV}={state} LD_LIBRARY_PATH={directory} PROGRAM")
+    print("a program with an RPATH to a real library (searched before LD_LIBRARY_PATH):")
+    print(f"  {clib.ENV}={state} LD_PRELOAD={path} PROGRAM")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -315,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("models", cmd_models, "list the GPU models the simulator has tables for")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = verb(
+        "lib",
+        cmd_lib,
+        "say where the simulated libnvidia-ml.so.1 is (make sim-lib) and how to run an "
+        "NVML program on a state file with it",
+    )
+    p.add_argument(
+        "state", metavar="STATE", nargs="?", help="the state file to show in the example"
+    )
+    p.add_argument("--path", action="store_true", help="print only the library's path")
 
     p = verb("init", cmd_init, "create a state file with fresh GPUs (MIG off, no instances)")
     state_arg(p)

@@ -1,10 +1,18 @@
 """Fixtures of the simulator tests: a simulator attached beneath pynvml (and detached
-after, even when the test fails), state files, and a boot id the test controls."""
+after, even when the test fails), state files, and a boot id the test controls.
+
+A test module that sets ``NVML_LIBRARIES = ("fake", "libnvidia-ml")`` runs each of its
+tests twice: on the fake library ``attach`` installs, and on the simulated C library
+(``build/sim/libnvidia-ml.so.1``, built when missing) that pynvml's own loader opens,
+over a state file made from the spec; the results must be the same."""
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import os
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pynvml
 import pytest
@@ -13,24 +21,76 @@ from migrestore import simulator
 from migrestore.simulator import cli
 from migrestore.simulator.state import BOOT_ID_ENV
 
+LIBRARIES = ("fake", "libnvidia-ml")
+_LOADED: List[
+    Any
+] = []  # the C library, loaded once by path: pynvml's CDLL("libnvidia-ml.so.1") finds it by soname
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    wanted = getattr(metafunc.module, "NVML_LIBRARIES", None)
+    if wanted and "nvml_lib" in metafunc.fixturenames:
+        metafunc.parametrize("nvml_lib", wanted, indirect=True)
+
 
 @pytest.fixture
-def attach() -> Iterator[Callable[[str], simulator.Simulator]]:
+def nvml_lib(request: pytest.FixtureRequest) -> str:
+    """Which library pynvml runs on: ``fake`` (``attach``) or ``libnvidia-ml`` (the C one)."""
+    return str(getattr(request, "param", "fake"))
+
+
+def _shutdown_all() -> None:
+    """Shut NVML down fully (the C library keeps its state until then); a count left by
+    an ``attach`` whose library is gone is just reset."""
+    while pynvml._nvmlLib_refcount > 0 and pynvml.nvmlLib is not None:
+        pynvml.nvmlShutdown()
+    pynvml._nvmlLib_refcount = 0
+
+
+@pytest.fixture
+def attach(
+    nvml_lib: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], simulator.Simulator]]:
     """``attach(spec)``: a simulator beneath pynvml, NVML initialised."""
     before = pynvml.nvmlLib
     made: List[simulator.Simulator] = []
+    numbers = itertools.count(1)
 
     def make(spec: str) -> simulator.Simulator:
-        sim = simulator.attach(pynvml, spec)
+        if nvml_lib == "fake":
+            sim = simulator.attach(pynvml, spec)
+        else:
+            sim = _on_the_c_library(spec, tmp_path / f"lib-{next(numbers)}.json", monkeypatch)
         made.append(sim)
         pynvml.nvmlInit()
         return sim
 
     yield make
+    if nvml_lib != "fake":
+        _shutdown_all()
     for sim in made:
         sim.close()
     pynvml.nvmlLib = before
     pynvml._nvmlGetFunctionPointer_cache.clear()
+
+
+def _on_the_c_library(
+    spec: str, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> simulator.Simulator:
+    """Select ``spec`` (a state file, or made into one) for the C library, and leave
+    pynvml to load the library itself at its next nvmlInit."""
+    if not _LOADED:
+        from tests.cabi.conftest import build_library
+
+        _LOADED.append(ctypes.CDLL(str(build_library())))
+    if not (os.sep in spec or spec.endswith(".json") or os.path.exists(spec)):
+        assert cli.main(["init", str(path), *spec.split(","), "--force"]) == 0
+        spec = str(path)
+    _shutdown_all()  # a new state is chosen at the first nvmlInit
+    monkeypatch.setenv("MIGRESTORE_SIMULATE", spec)
+    pynvml.nvmlLib = None
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+    return simulator.Simulator(spec)
 
 
 class BootId:

@@ -20,6 +20,9 @@ from tests.sim.support import (
     mig_devices,
 )
 
+# every test runs on the fake library and on the simulated libnvidia-ml.so.1
+NVML_LIBRARIES = ("fake", "libnvidia-ml")
+
 
 def _h100_3g(
     attach: Callable[[str], simulator.Simulator], spec: str = "h100-80gb-hbm3"

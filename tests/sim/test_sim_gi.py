@@ -21,6 +21,9 @@ from tests.sim.support import (
     remaining,
 )
 
+# every test runs on the fake library and on the simulated libnvidia-ml.so.1
+NVML_LIBRARIES = ("fake", "libnvidia-ml")
+
 # H100 80GB HBM3 profile IDs (the probe's): index 0..4 -> 19, 14, 9, 5, 0; +me 20; 1g.20gb 15.
 G1, G2, G3, G4, G7, G1ME, G1R2 = 19, 14, 9, 5, 0, 20, 15
 

@@ -14,6 +14,9 @@ from migrestore.errors import NvmlError
 from tests.sim.conftest import BootId
 from tests.sim.support import create_gi, device, mig_devices
 
+# every test runs on the fake library and on the simulated libnvidia-ml.so.1
+NVML_LIBRARIES = ("fake", "libnvidia-ml")
+
 ACTIVATED = pynvml.NVML_SUCCESS
 
 
