@@ -8,11 +8,12 @@ over a state file made from the spec; the results must be the same."""
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pynvml
 import pytest
@@ -54,15 +55,21 @@ def attach(
     """``attach(spec)``: a simulator beneath pynvml, NVML initialised."""
     before = pynvml.nvmlLib
     made: List[simulator.Simulator] = []
+    loaded: List[Any] = []  # every dlopen of the C library in this test
     numbers = itertools.count(1)
 
     def make(spec: str) -> simulator.Simulator:
         if nvml_lib == "fake":
             sim = simulator.attach(pynvml, spec)
         else:
-            sim = _on_the_c_library(spec, tmp_path / f"lib-{next(numbers)}.json", monkeypatch)
+            sim, preload = _on_the_c_library(
+                spec, tmp_path / f"lib-{next(numbers)}.json", monkeypatch
+            )
+            loaded.append(preload)
         made.append(sim)
         pynvml.nvmlInit()
+        if nvml_lib != "fake":
+            loaded.append(pynvml.nvmlLib)
         return sim
 
     yield make
@@ -72,17 +79,23 @@ def attach(
         sim.close()
     pynvml.nvmlLib = before
     pynvml._nvmlGetFunctionPointer_cache.clear()
+    # unload the C library again (every dlopen closed), so the next test's
+    # CDLL("libnvidia-ml.so.1") finds no driver unless it loads the library itself
+    for lib in loaded:
+        if isinstance(lib, ctypes.CDLL):
+            _ctypes.dlclose(lib._handle)
 
 
 def _on_the_c_library(
     spec: str, path: Path, monkeypatch: pytest.MonkeyPatch
-) -> simulator.Simulator:
-    """Select ``spec`` (a state file, or made into one) for the C library, and leave
-    pynvml to load the library itself at its next nvmlInit."""
-    if not _LOADED:
-        from tests.cabi.conftest import build_library
+) -> Tuple[simulator.Simulator, ctypes.CDLL]:
+    """Select ``spec`` (a state file, or made into one) for the C library and load the
+    library by path, so pynvml's own ``CDLL("libnvidia-ml.so.1")`` at its next nvmlInit
+    finds it by its soname. Returns a simulator on the same state file (for the test's
+    own checks) and the library loaded here (for unloading)."""
+    from tests.cabi.conftest import build_library
 
-        _LOADED.append(ctypes.CDLL(str(build_library())))
+    preload = ctypes.CDLL(str(build_library()))
     if not (os.sep in spec or spec.endswith(".json") or os.path.exists(spec)):
         assert cli.main(["init", str(path), *spec.split(","), "--force"]) == 0
         spec = str(path)
@@ -90,7 +103,7 @@ def _on_the_c_library(
     monkeypatch.setenv("MIGRESTORE_SIMULATE", spec)
     pynvml.nvmlLib = None
     pynvml._nvmlGetFunctionPointer_cache.clear()
-    return simulator.Simulator(spec)
+    return simulator.Simulator(spec), preload
 
 
 class BootId:
