@@ -18,11 +18,13 @@ MakeNode = Callable[..., Node]
 SCRIPT = r"""
 import ctypes, json, sys
 import pynvml
+from migrestore import backend
 from migrestore.model import Placement
 from migrestore.nvml import Nvml
 
 mode, state = sys.argv[1], sys.argv[2]
-with (Nvml() if mode == "library" else Nvml(simulate=state)) as nv:
+# the library: the hardware backend (pynvml loads libnvidia-ml.so.1); else the simulator
+with Nvml(backend.choose(None if mode == "library" else state)) as nv:
     lib = pynvml.nvmlLib
     loaded = lib._name if isinstance(lib, ctypes.CDLL) else type(lib).__name__
     (gpu, _) = nv.observe()
