@@ -23,6 +23,10 @@ Rules:
    handle of a destroyed instance does; nothing is ever dereferenced.
 4. No Python exception crosses into C: one that escapes (a bug) is printed on stderr and
    answers NVML_ERROR_UNKNOWN.
+5. The C library's symbols are fixed when it is built; a function the selected
+   simulator's fake library does not answer (a state whose driver generation lacks it)
+   answers NVML_ERROR_FUNCTION_NOT_FOUND, as the real library does for a function the
+   loaded driver does not implement.
 """
 
 from __future__ import annotations
@@ -222,8 +226,11 @@ def _call(name: str, kinds: str, raw: Tuple[int, ...]) -> int:
             args.append(ctypes.c_char_p(value) if value else None)
         else:
             args.append(ctypes.c_void_p(value) if value else None)
+    function = getattr(sim.library, name, None)
+    if function is None:  # this state's driver generation lacks it (rule 5)
+        return codes.FUNCTION_NOT_FOUND
     try:
-        code: int = getattr(sim.library, name)(*args)
+        code: int = function(*args)
     except codes.SimNvmlError as err:
         return err.code
     if code == codes.SUCCESS:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
+import pytest
+
 from migrestore.simulator import codes
 from tests.cabi.conftest import Node
 
@@ -90,3 +92,35 @@ def test_without_a_simulator_init_says_driver_not_loaded(make_node: MakeNode) ->
         f.write("{not json")
     node.env["MIGRESTORE_SIMULATE"] = node.path
     assert node.c("init") == [f"init {codes.DRIVER_NOT_LOADED}"]
+
+
+def test_a_function_the_simulated_driver_lacks_is_function_not_found(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library's symbols are fixed at build time; when the selected simulator does
+    not answer one (a driver generation without it: here its symbol is taken out of the
+    fake library, in-process, as such a generation would lack it) the call answers
+    NVML_ERROR_FUNCTION_NOT_FOUND instead of crashing or lying."""
+    import ctypes
+
+    from migrestore.simulator import clib
+
+    node = make_node(["h100-80gb-hbm3:1"])
+    region = ctypes.create_string_buffer(4096)
+    clib.start(ctypes.addressof(region), 4096)
+    monkeypatch.setenv("MIGRESTORE_SIMULATE", node.path)
+    try:
+        assert clib.entry("nvmlInit_v2")() == codes.SUCCESS
+        count = ctypes.c_uint()
+        get_count = clib.entry("nvmlDeviceGetCount_v2")
+        assert get_count(ctypes.addressof(count)) == codes.SUCCESS
+        assert count.value == 1
+        sim = clib.LIBRARY.sim
+        assert sim is not None
+        del sim.library._symbols["nvmlDeviceGetCount_v2"]
+        assert get_count(ctypes.addressof(count)) == codes.FUNCTION_NOT_FOUND
+        assert clib.entry("nvmlShutdown")() == codes.SUCCESS
+    finally:
+        if clib.LIBRARY.sim is not None:
+            clib.LIBRARY.sim.close()
+        clib.LIBRARY.sim = clib.LIBRARY.spec = None
