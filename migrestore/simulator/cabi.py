@@ -66,6 +66,20 @@ class GpuInstanceProfileInfoV2(ctypes.Structure):
 GI_PROFILE_INFO_V2 = (2 << 24) | ctypes.sizeof(GpuInstanceProfileInfoV2)  # 0x02000098
 
 
+class GpuInstanceProfileInfoV3(ctypes.Structure):
+    """nvmlGpuInstanceProfileInfo_v3_t: v2 without isP2pSupported, plus capabilities."""
+
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        *(f for f in GpuInstanceProfileInfoV1._fields_ if f[0] != "isP2pSupported"),
+        ("name", ctypes.c_char * NAME_BUFFER),
+        ("capabilities", ctypes.c_uint),
+    ]
+
+
+GI_PROFILE_INFO_V3 = (3 << 24) | ctypes.sizeof(GpuInstanceProfileInfoV3)  # 0x03000098
+
+
 class ComputeInstanceProfileInfoV1(ctypes.Structure):
     """nvmlComputeInstanceProfileInfo_t."""
 
@@ -93,6 +107,15 @@ class ComputeInstanceProfileInfoV2(ctypes.Structure):
 
 
 CI_PROFILE_INFO_V2 = (2 << 24) | ctypes.sizeof(ComputeInstanceProfileInfoV2)  # 0x02000088
+
+
+class ComputeInstanceProfileInfoV3(ctypes.Structure):
+    """nvmlComputeInstanceProfileInfo_v3_t: v2 plus capabilities."""
+
+    _fields_ = [*ComputeInstanceProfileInfoV2._fields_, ("capabilities", ctypes.c_uint)]
+
+
+CI_PROFILE_INFO_V3 = (3 << 24) | ctypes.sizeof(ComputeInstanceProfileInfoV3)  # 0x0300008C
 
 
 class GpuInstanceInfo(ctypes.Structure):

@@ -395,7 +395,8 @@ class FakeNvmlLibrary:
     @staticmethod
     def _write_gi_info(info: Any, profile: Any) -> None:
         info.id = profile.id
-        info.isP2pSupported = 0
+        if not isinstance(info, cabi.GpuInstanceProfileInfoV3):  # v3 has no such field
+            info.isP2pSupported = 0
         info.sliceCount = profile.slices
         info.instanceCount = profile.max
         info.multiprocessorCount = profile.sms
@@ -412,11 +413,15 @@ class FakeNvmlLibrary:
         self._write_gi_info(cabi.out(out, cabi.GpuInstanceProfileInfoV1, "info"), profile)
 
     def _gi_info_v2(self, out: Any, profile: Any) -> None:
-        if cabi.version_of(out, "info") != cabi.GI_PROFILE_INFO_V2:
-            raise SimNvmlError(codes.INVALID_ARGUMENT, "info->version is not v2")
-        info = cabi.out(out, cabi.GpuInstanceProfileInfoV2, "info")
+        """The v2 or v3 struct, by its version (capabilities: none modelled)."""
+        layout = _GI_INFO_BY_VERSION.get(cabi.version_of(out, "info"))
+        if layout is None:
+            raise SimNvmlError(codes.INVALID_ARGUMENT, "info->version is not v2 or v3")
+        info = cabi.out(out, layout, "info")
         self._write_gi_info(info, profile)
         info.name = cabi.fixed_text(f"MIG {profile.name}", cabi.NAME_BUFFER)
+        if layout is cabi.GpuInstanceProfileInfoV3:
+            info.capabilities = 0
 
     def _gi_profile_info_v2(self, txn: Txn, dev: Any, index: Any, out: Any) -> None:
         gpu = self._gpu(txn, dev)
@@ -547,11 +552,14 @@ class FakeNvmlLibrary:
     def _ci_profile_info_v2(self, txn: Txn, handle: Any, index: Any, eng: Any, out: Any) -> None:
         gpu, gi = self._gi(txn, handle)
         gi_prof, profile = self._ci_profile_by_index(gpu, gi, index, eng)
-        if cabi.version_of(out, "info") != cabi.CI_PROFILE_INFO_V2:
-            raise SimNvmlError(codes.INVALID_ARGUMENT, "info->version is not v2")
-        info = cabi.out(out, cabi.ComputeInstanceProfileInfoV2, "info")
+        layout = _CI_INFO_BY_VERSION.get(cabi.version_of(out, "info"))
+        if layout is None:
+            raise SimNvmlError(codes.INVALID_ARGUMENT, "info->version is not v2 or v3")
+        info = cabi.out(out, layout, "info")
         self._write_ci_info(info, gi_prof, profile)
         info.name = cabi.fixed_text(f"MIG {profile.name}", cabi.NAME_BUFFER)
+        if layout is cabi.ComputeInstanceProfileInfoV3:
+            info.capabilities = 0
 
     def _ci_placements(self, txn: Txn, handle: Any, profile_id: Any, arr: Any, count: Any) -> None:
         gpu, gi = self._gi(txn, handle)
@@ -689,6 +697,16 @@ class FakeNvmlLibrary:
             target[i].gpuInstanceId = gi.id
             target[i].computeInstanceId = ci.id
         count.value = needed
+
+
+_GI_INFO_BY_VERSION: Dict[int, Any] = {
+    cabi.GI_PROFILE_INFO_V2: cabi.GpuInstanceProfileInfoV2,
+    cabi.GI_PROFILE_INFO_V3: cabi.GpuInstanceProfileInfoV3,
+}
+_CI_INFO_BY_VERSION: Dict[int, Any] = {
+    cabi.CI_PROFILE_INFO_V2: cabi.ComputeInstanceProfileInfoV2,
+    cabi.CI_PROFILE_INFO_V3: cabi.ComputeInstanceProfileInfoV3,
+}
 
 
 def _find_ci(gpu: GpuRecord, serial: int) -> Optional[Tuple[GiRecord, CiRecord]]:

@@ -23,6 +23,9 @@
  *   bad GPU                    bad input, as "bad CHECK RET [DETAIL]" lines
  *   preinit                    calls before nvmlInit       -> "preinit RET RET"
  *   absent NAME                dlsym of NAME               -> "absent NAME yes|no"
+ *   profile-v3 GPU INDEX GI_ID CI_INDEX
+ *                              GI profile INDEX and the CI profile CI_INDEX of GI GI_ID
+ *                              through the v2 and the v3 structs -> "profile vN RET ..." lines
  *
  * Any unexpected NVML answer in read/churn prints "FAIL ..." and exits 1.
  */
@@ -330,6 +333,30 @@ int main(int argc, char **argv)
             printf("use-handle %d\n", CALL(nvmlDeviceGetName)(dev, name, sizeof name));
         } else if (!strcmp(cmd, "bad")) {
             bad(ARG());
+        } else if (!strcmp(cmd, "profile-v3")) {
+            unsigned int g = ARG(), index = ARG(), gi_id = ARG(), ci_index = ARG();
+            nvmlGpuInstanceProfileInfo_v2_t v2 = {.version = nvmlGpuInstanceProfileInfo_v2};
+            nvmlGpuInstanceProfileInfo_v3_t v3 = {.version = nvmlGpuInstanceProfileInfo_v3,
+                                                  .capabilities = 0xffffffff};
+            nvmlReturn_t r2 = CALL(nvmlDeviceGetGpuInstanceProfileInfoV)(gpu(g), index, &v2);
+            nvmlReturn_t r3 = CALL(nvmlDeviceGetGpuInstanceProfileInfoV)(
+                gpu(g), index, (nvmlGpuInstanceProfileInfo_v2_t *)&v3);
+            printf("profile v2 %d %u %u %u %u %llu %s\n", r2, v2.id, v2.sliceCount,
+                   v2.instanceCount, v2.multiprocessorCount, v2.memorySizeMB, v2.name);
+            printf("profile v3 %d %u %u %u %u %llu %s caps=%u\n", r3, v3.id, v3.sliceCount,
+                   v3.instanceCount, v3.multiprocessorCount, v3.memorySizeMB, v3.name,
+                   v3.capabilities);
+            nvmlComputeInstanceProfileInfo_v2_t c2 = {.version = nvmlComputeInstanceProfileInfo_v2};
+            nvmlComputeInstanceProfileInfo_v3_t c3 = {.version = nvmlComputeInstanceProfileInfo_v3,
+                                                      .capabilities = 0xffffffff};
+            nvmlGpuInstance_t gi = gi_by_id(g, gi_id);
+            r2 = CALL(nvmlGpuInstanceGetComputeInstanceProfileInfoV)(gi, ci_index, 0, &c2);
+            r3 = CALL(nvmlGpuInstanceGetComputeInstanceProfileInfoV)(
+                gi, ci_index, 0, (nvmlComputeInstanceProfileInfo_v2_t *)&c3);
+            printf("profile ci-v2 %d %u %u %u %u %s\n", r2, c2.id, c2.sliceCount, c2.instanceCount,
+                   c2.multiprocessorCount, c2.name);
+            printf("profile ci-v3 %d %u %u %u %u %s caps=%u\n", r3, c3.id, c3.sliceCount,
+                   c3.instanceCount, c3.multiprocessorCount, c3.name, c3.capabilities);
         } else if (!strcmp(cmd, "absent")) {
             const char *name = argv[i++];
             printf("absent %s %s\n", name, dlsym(lib, name) ? "no" : "yes");

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pynvml
 
+from migrestore.simulator import cabi
 from tests.cabi.conftest import ROOT, Node
 
 MakeNode = Callable[..., Node]
@@ -57,11 +58,18 @@ def _compile_and_run(source: str, out: Path, *, env: Optional[Dict[str, str]] = 
     return done.stdout
 
 
+# pynvml has no v3 profile structs: the simulator's own (cabi) stand for nvml.h there
+V3 = (
+    ("nvmlGpuInstanceProfileInfo_v3_t", cabi.GpuInstanceProfileInfoV3),
+    ("nvmlComputeInstanceProfileInfo_v3_t", cabi.ComputeInstanceProfileInfoV3),
+)
+
+
 def test_every_struct_has_pynvml_layout(tmp_path: Path) -> None:
     lines: List[str] = ["#include <stdio.h>", '#include "nvml_abi.h"', "int main(void) {"]
     expected: List[str] = []
-    for c_name, py_name in PAIRS:
-        cls = getattr(pynvml, py_name)
+    classes = [(c, getattr(pynvml, py)) for c, py in PAIRS] + list(V3)
+    for c_name, cls in classes:
         lines.append(f'printf("{c_name} %zu\\n", sizeof({c_name}));')
         expected.append(f"{c_name} {ctypes.sizeof(cls)}")
         for field, *_ in cls._fields_:

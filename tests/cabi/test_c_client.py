@@ -239,3 +239,17 @@ def test_migrestore_sim_lib_says_how_to_point_a_program_at_the_library(
     assert node.c("init", "read")[0] == "init 0"
     assert cli.main(["lib", "--path"]) == 0
     assert capsys.readouterr().out == f"{lines[0].split(': ')[1]}\n"
+
+
+def test_profile_info_v3_structs_carry_what_v2_carries(make_node: MakeNode) -> None:
+    """nvml.h's v3 profile structs (GI: no isP2pSupported, capabilities at the end; CI:
+    v2 plus capabilities) through the ...ProfileInfoV calls, next to v2."""
+    node = make_node(["h100-80gb-hbm3:1"])
+    out = node.c(
+        "init", "mode", "0", "1", "create-gi", "0", "9", "4", "4", "profile-v3", "0", "2", "2", "0"
+    )
+    v2, v3, c2, c3 = (line.split(" ", 2)[2] for line in out[3:])
+    assert v2 == "0 9 3 2 60 40448 MIG 3g.40gb"
+    assert v3 == v2 + " caps=0"
+    assert c2.startswith("0 0 1 3 ") and c2.endswith(" MIG 1c.3g.40gb")
+    assert c3 == c2 + " caps=0"
