@@ -57,6 +57,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(out),
             str(CLIENT_SOURCE),
             "-ldl",
+            "-pthread",
         ],
         check=True,
     )

@@ -23,6 +23,7 @@
  *   bad GPU                    bad input, as "bad CHECK RET [DETAIL]" lines
  *   preinit                    calls before nvmlInit       -> "preinit RET RET"
  *   absent NAME                dlsym of NAME               -> "absent NAME yes|no"
+ *   threads N CALLS            N threads, each CALLS reads of every GPU -> "threads OK N*CALLS"
  *   profile-v3 GPU INDEX GI_ID CI_INDEX
  *                              GI profile INDEX and the CI profile CI_INDEX of GI GI_ID
  *                              through the v2 and the v3 structs -> "profile vN RET ..." lines
@@ -31,6 +32,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,6 +207,25 @@ static nvmlReturn_t create_gi(unsigned int g, unsigned int profile, unsigned int
     return CALL(nvmlDeviceCreateGpuInstanceWithPlacement)(gpu(g), profile, &placement, gi);
 }
 
+static unsigned int thread_calls;
+
+static void *reader(void *arg)
+{
+    (void)arg;
+    unsigned int n = 0;
+    MUST(CALL(nvmlDeviceGetCount_v2)(&n));
+    for (unsigned int k = 0; k < thread_calls; k++) {
+        for (unsigned int g = 0; g < n; g++) {
+            unsigned int cur, pend;
+            char name[NVML_DEVICE_NAME_V2_BUFFER_SIZE];
+            nvmlDevice_t dev = gpu(g);
+            MUST(CALL(nvmlDeviceGetMigMode)(dev, &cur, &pend));
+            MUST(CALL(nvmlDeviceGetName)(dev, name, sizeof name));
+        }
+    }
+    return NULL;
+}
+
 static void bad(unsigned int g)
 {
     nvmlDevice_t dev = gpu(g);
@@ -333,6 +354,18 @@ int main(int argc, char **argv)
             printf("use-handle %d\n", CALL(nvmlDeviceGetName)(dev, name, sizeof name));
         } else if (!strcmp(cmd, "bad")) {
             bad(ARG());
+        } else if (!strcmp(cmd, "threads")) {
+            unsigned int n = ARG();
+            thread_calls = ARG();
+            pthread_t threads[64];
+            for (unsigned int t = 0; t < n && t < 64; t++)
+                if (pthread_create(&threads[t], NULL, reader, NULL) != 0) {
+                    printf("FAIL pthread_create\n");
+                    return 1;
+                }
+            for (unsigned int t = 0; t < n && t < 64; t++)
+                pthread_join(threads[t], NULL);
+            printf("threads OK %u\n", n * thread_calls);
         } else if (!strcmp(cmd, "profile-v3")) {
             unsigned int g = ARG(), index = ARG(), gi_id = ARG(), ci_index = ARG();
             nvmlGpuInstanceProfileInfo_v2_t v2 = {.version = nvmlGpuInstanceProfileInfo_v2};

@@ -58,3 +58,11 @@ def test_latency_is_slept_per_call_in_the_c_program(make_node: MakeNode) -> None
     began = time.monotonic()
     node.c("init", "mode", "0", "1")
     assert time.monotonic() - began >= 0.3
+
+
+def test_threads_of_a_c_program_call_at_once(make_node: MakeNode) -> None:
+    """Eight threads of a C client read two GPUs at once through the embedded
+    interpreter (each call takes the GIL for the simulator only): no deadlock, no
+    error."""
+    node = make_node(["h100-80gb-hbm3:2"])
+    assert node.c("init", "threads", "8", "50") == ["init 0", "threads OK 400"]
