@@ -43,8 +43,7 @@ $(SIM_DIR)/sim_config.h: csrc/config.py FORCE
 
 $(SIM_DIR)/libnvidia-ml.so.1: csrc/nvml_sim.c csrc/nvml_abi.h $(SIM_DIR)/sim_config.h
 	$(CC) $(SIM_CFLAGS) -shared -Wl,-soname,libnvidia-ml.so.1 -I$(SIM_DIR) -Icsrc \
-		-o $@.tmp csrc/nvml_sim.c -ldl -lpthread
-	mv -f $@.tmp $@
+		-o $@.tmp.$$$$ csrc/nvml_sim.c -ldl -lpthread && mv -f $@.tmp.$$$$ $@
 
 $(SIM_DIR)/libnvidia-ml.so: $(SIM_DIR)/libnvidia-ml.so.1
 	ln -sfn libnvidia-ml.so.1 $@

@@ -40,5 +40,7 @@ text = (
 )
 old = open(out, encoding="utf-8").read() if os.path.exists(out) else None
 if old != text:  # rewrite only on change, so make rebuilds only when it must
-    with open(out, "w", encoding="utf-8") as f:
+    tmp = f"{out}.{os.getpid()}.tmp"  # two builds at once each replace it whole
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+    os.replace(tmp, out)
