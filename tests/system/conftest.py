@@ -44,3 +44,19 @@ def node_dir(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     workdir = tmp_path_factory.mktemp("node")
     yield workdir
     shutil.rmtree(workdir / "root", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rpm_pkg(prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> pkgbuild.Built:
+    """The .rpm (and .deb) of this checkout."""
+    built = pkgbuild.build(tmp_path_factory.getbasetemp(), rpm=True)
+    assert built.rpm is not None, "packaging/build.py wrote no .rpm"
+    return built
+
+
+@pytest.fixture(scope="session")
+def newer_rpm(rpm_pkg: pkgbuild.Built, tmp_path_factory: pytest.TempPathFactory) -> pkgbuild.Built:
+    """The .rpm rebuilt as the next patch version: what an upgrade installs."""
+    built = pkgbuild.build(tmp_path_factory.getbasetemp(), nodes.bump(rpm_pkg.version), rpm=True)
+    assert built.rpm is not None, "packaging/build.py wrote no .rpm"
+    return built

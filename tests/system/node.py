@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from tests.system.nspawn import Container, copy_rootfs, wait_for
+from tests.system.nspawn import SUITE, Container, copy_rootfs, wait_for
 
 SIM_DIR = "/var/lib/migrestore-sim"
 SIM_STATE = f"{SIM_DIR}/gpus.json"
@@ -96,12 +96,12 @@ LAYOUT_C = config("[{profile: 7g.80gb}]")
 GEOMETRY_C = (("7g.80gb", 0, 8),)
 
 
-def new_node(workdir: Path) -> Container:
-    """A node on a fresh copy of the pristine rootfs under ``workdir``."""
-    copy_rootfs(workdir / "root")
+def new_node(workdir: Path, suite: str = SUITE, nspawn_args: Sequence[str] = ()) -> Container:
+    """A node on a fresh copy of the pristine rootfs of ``suite`` under ``workdir``."""
+    copy_rootfs(workdir / "root", suite)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    return Container(workdir / "root", logs)
+    return Container(workdir / "root", logs, nspawn_args)
 
 
 def lines(node: Container, path: str) -> int:
@@ -119,11 +119,11 @@ def install_package(node: Container, deb: Path, booted: bool) -> str:
     return proc.stdout + proc.stderr
 
 
-def provision(node: Container, deb: Path, layout: str) -> None:
-    """Install the package, simulated GPUs, the drop-in, the stand-ins and ``layout``."""
+def provision(node: Container, deb: Path, layout: str, gpus: str = SIM_GPUS) -> None:
+    """Install the package, simulated ``gpus``, the drop-in, the stand-ins and ``layout``."""
     install_package(node, deb, booted=False)
     node.setup(["mkdir", "-p", SIM_DIR])
-    node.setup(["migrestore-sim", "init", SIM_STATE, SIM_GPUS])
+    node.setup(["migrestore-sim", "init", SIM_STATE, gpus])
     node.write(DROP_IN, SIM_DROP_IN)
     for name in ("containerd", "kubelet"):
         node.write(f"/etc/systemd/system/{name}.service", RUNTIME_UNIT.format(name=name))

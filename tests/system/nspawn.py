@@ -1,10 +1,11 @@
-"""A Debian 12 rootfs booted with a real systemd (systemd-nspawn), for the system tier.
+"""A Debian rootfs booted with a real systemd (systemd-nspawn), for the system tier.
 
 Rules:
 
-1. The rootfs is made once by debootstrap and cached under /var/cache/migrestore-tests,
-   keyed by everything that shapes it (suite, variant, packages, mirror); every test
-   module works on its own copy (``cp -a --reflink=auto``), so each starts clean.
+1. The rootfs is made once per suite (Debian 11 bullseye, 12 bookworm, 13 trixie) and
+   package set by debootstrap and cached under /var/cache/migrestore-tests, keyed by
+   everything that shapes it (suite, variant, packages, mirror); every test module works
+   on its own copy (``cp -a --reflink=auto``), so each starts clean.
 2. A booted container is always powered off and waited for, also when a test fails:
    ``Container`` is a context manager, and ``poweroff`` falls back to signals on the
    nspawn process this module started (never on anything else).
@@ -12,6 +13,8 @@ Rules:
    minimal environment; before boot, setup commands run in a non-booted nspawn (which
    gives them /proc, /dev and a boot id, as dpkg and migrestore-sim expect).
 4. Waiting is bounded: every wait has a deadline and fails naming what it waited for.
+5. A container shares this machine's network unless a test gives it a namespace, so no
+   copy starts sshd at boot: a test that wants it enables it in its own namespace.
 """
 
 from __future__ import annotations
@@ -24,13 +27,20 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 SUITE = "bookworm"
+# The releases the .deb must install and boot on: Debian 11 (Python 3.9, systemd 247),
+# 12 (Python 3.11, systemd 252) and 13 (Python 3.13, systemd 257).
+SUITES = ("bullseye", "bookworm", "trixie")
 VARIANT = "minbase"
 # What the system tests need (systemd as PID 1) plus the package's dependencies, so
 # `dpkg -i` finds them installed; minbase has no procps (the unit's /bin/kill).
 INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-yaml", "procps")
+# Debian 12 also carries sshd (the fleet tests reach their nodes with Ansible) and rpm
+# (the .rpm test installs with it): one rootfs serves every Debian 12 test, so a fresh
+# machine debootstraps three trees, not four. sshd is disabled in every copy (rule 5).
+EXTRA = {"bookworm": ("openssh-server", "rpm")}
 CACHE_DIR = Path(os.environ.get("MIGRESTORE_TEST_CACHE", "/var/cache/migrestore-tests"))
 MIRROR = os.environ.get("MIGRESTORE_TEST_MIRROR", "http://deb.debian.org/debian")
 NSPAWN_RUNTIME = Path("/run/systemd/nspawn")
@@ -78,15 +88,23 @@ def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = 60.0)
 # --------------------------------------------------------------------------- rootfs
 
 
-def cache_key() -> str:
-    text = "|".join((SUITE, VARIANT, ",".join(INCLUDE), MIRROR))
+def packages(suite: str) -> Tuple[str, ...]:
+    return (*INCLUDE, *EXTRA.get(suite, ()))
+
+
+def cache_key(suite: str = SUITE) -> str:
+    text = "|".join((suite, VARIANT, ",".join(packages(suite)), MIRROR))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pristine_rootfs() -> Path:
-    """The cached debootstrap tree (made on first use, about a minute; then reused)."""
+def pristine_rootfs(suite: str = SUITE) -> Path:
+    """The cached debootstrap tree of ``suite`` (made on first use, one to three minutes;
+    then reused)."""
+    if suite not in SUITES:
+        raise SystemTestError(f"suite {suite!r}: the system tier knows {', '.join(SUITES)}")
+    include = packages(suite)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    target = CACHE_DIR / f"{SUITE}-{VARIANT}-{cache_key()}"
+    target = CACHE_DIR / f"{suite}-{VARIANT}-{cache_key(suite)}"
     with open(CACHE_DIR / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / ".complete").is_file():
@@ -101,8 +119,8 @@ def pristine_rootfs() -> Path:
                 [
                     "debootstrap",
                     f"--variant={VARIANT}",
-                    f"--include={','.join(INCLUDE)}",
-                    SUITE,
+                    f"--include={','.join(include)}",
+                    suite,
                     str(partial / "root"),
                     MIRROR,
                 ],
@@ -113,21 +131,28 @@ def pristine_rootfs() -> Path:
         if proc.returncode != 0:
             tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
             raise SystemTestError(
-                f"debootstrap {SUITE} from {MIRROR} failed ({proc.returncode}): {tail[0]} "
+                f"debootstrap {suite} from {MIRROR} failed ({proc.returncode}): {tail[0]} "
                 f"(full log: {log}; set MIGRESTORE_TEST_MIRROR to use another mirror)"
             )
-        (partial / ".complete").write_text(f"{SUITE} {VARIANT} {','.join(INCLUDE)} {MIRROR}\n")
+        (partial / ".complete").write_text(f"{suite} {VARIANT} {','.join(include)} {MIRROR}\n")
         partial.rename(target)
         return target / "root"
 
 
-def copy_rootfs(dest: Path) -> Path:
-    """A private, writable copy of the pristine rootfs at ``dest``."""
-    source = pristine_rootfs()
+def copy_rootfs(dest: Path, suite: str = SUITE) -> Path:
+    """A private, writable copy of the pristine rootfs of ``suite`` at ``dest``; sshd,
+    if the suite has it, is disabled (rule 5)."""
+    source = pristine_rootfs(suite)
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(dest)], check=True)
+    if (dest / "lib/systemd/system/ssh.service").exists():
+        subprocess.run(
+            ["systemctl", f"--root={dest}", "disable", "--quiet", "ssh.service"],
+            check=True,
+            env=ENV,
+        )
     return dest
 
 
@@ -152,9 +177,11 @@ def ensure_nspawn_runtime() -> None:
 class Container:
     """One rootfs, booted with ``boot()`` and always powered off on exit."""
 
-    def __init__(self, root: Path, log_dir: Path) -> None:
+    def __init__(self, root: Path, log_dir: Path, nspawn_args: Sequence[str] = ()) -> None:
         self.root = root
         self.log_dir = log_dir
+        # Extra options of the booting nspawn (e.g. --network-namespace-path=).
+        self.nspawn_args = tuple(nspawn_args)
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.pid1 = 0
         self.boots = 0
@@ -227,6 +254,7 @@ class Container:
                     "--register=no",
                     "--keep-unit",
                     "--console=pipe",
+                    *self.nspawn_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
