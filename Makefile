@@ -15,9 +15,9 @@ typecheck:
 test:
 	$(PYTHON) -m pytest
 
-# Everything but the real-systemd and packaging tiers: seconds, no root needed.
+# Everything but the real-systemd, packaging and fleet tiers: minutes, no root needed.
 test-fast:
-	$(PYTHON) -m pytest -m "not system and not packaging"
+	$(PYTHON) -m pytest -m "not system and not packaging and not fleet"
 
 # Read-only checks on this machine's NVIDIA GPUs (docs/REALGPU.md); skips without a driver.
 realgpu:
