@@ -290,6 +290,11 @@ class Config:
     hooks: Tuple[Hook, ...] = ()
     selected: Optional[str] = None  # the mig-parted config name used, if any
     unit_timeout: float = 90.0  # bound on stopping one client unit
+    # metrics.textfile: "" the key is absent (the default path when its directory
+    # exists), None turned off, else the .prom file to write
+    metrics_textfile: Optional[str] = ""
+    # of the config file's bytes (with a mig-parted file: of both); not part of equality
+    sha256: str = field(default="", compare=False)
 
 
 # --------------------------------------------------------------------------- actions

@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Tuple
 
 import yaml
@@ -256,6 +257,7 @@ _TOP_KEYS = (
     "ampere-reset",
     "drift",
     "hooks",
+    "metrics",
     "gpus",
     "mig-parted",
 )
@@ -316,6 +318,26 @@ def _hooks(doc: Doc, node: yaml.Node, key: str) -> Tuple[Hook, ...]:
         for i, item in enumerate(read_seq(doc, vnode, pkey, "a list of hooks")):
             hooks.append(_hook(doc, item, at_index(pkey, i)))
     return tuple(hooks)
+
+
+def _metrics(doc: Doc, node: yaml.Node, key: str) -> Optional[str]:
+    """``metrics.textfile``: an absolute path ending in ``.prom``, or null (off);
+    ``""`` when the key is absent (the default path)."""
+    entries = read_mapping(doc, node, key, "a mapping such as {textfile: null}")
+    check_keys(doc, node, entries, key, ("textfile",))
+    if "textfile" not in entries:
+        return ""
+    vnode = entries["textfile"][1]
+    vkey = sub_key(key, "textfile")
+    value = read_scalar(doc, vnode, vkey)
+    if value is None:
+        return None
+    fix = "write an absolute path ending in .prom, or null to write no metrics"
+    if not isinstance(value, str) or not value:
+        doc.fail(vnode, vkey, f"expected a file path or null, got {kind_of(vnode)}", fix)
+    if not os.path.isabs(value) or not value.endswith(".prom"):
+        doc.fail(vnode, vkey, f"{value!r} is not an absolute path ending in .prom", fix)
+    return value
 
 
 def _rule(doc: Doc, node: yaml.Node, key: str) -> Rule:
@@ -417,6 +439,10 @@ def native_config(
     node = get("hooks")
     if node is not None:
         hooks = _hooks(doc, node, "hooks")
+    metrics_textfile: Optional[str] = ""
+    node = get("metrics")
+    if node is not None:
+        metrics_textfile = _metrics(doc, node, "metrics")
 
     if "gpus" in entries and "mig-parted" in entries:
         doc.fail(
@@ -457,4 +483,5 @@ def native_config(
         hooks=hooks,
         selected=selected,
         unit_timeout=unit_timeout,
+        metrics_textfile=metrics_textfile,
     )

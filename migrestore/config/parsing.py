@@ -10,7 +10,9 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+import hashlib
+from typing import List, Optional
 
 from migrestore.config.migparted import mig_parted_rules
 from migrestore.config.native import native_config
@@ -19,13 +21,26 @@ from migrestore.model import Config
 
 
 def parse_text(text: str, path: str, select: Optional[str], reader: Optional[Reader]) -> Config:
+    """``Config.sha256`` is of ``text`` as UTF-8, followed by a referenced mig-parted
+    file's text when there is one."""
     doc = Doc(path)
     root = compose(doc, text)
     entries = read_mapping(doc, root, "", "a mapping of keys (the file's top level)")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
     if "mig-configs" in entries:
         rules, selected = mig_parted_rules(doc, root, entries, select)
-        return Config(path=path, rules=rules, selected=selected)
-    return native_config(doc, root, entries, select, reader)
+        return Config(path=path, rules=rules, selected=selected, sha256=digest.hexdigest())
+    read: List[str] = []
+
+    def reading(ref: str) -> str:
+        assert reader is not None
+        read.append(reader(ref))
+        return read[-1]
+
+    config = native_config(doc, root, entries, select, reading if reader is not None else None)
+    for other in read:
+        digest.update(other.encode("utf-8", "surrogatepass"))
+    return dataclasses.replace(config, sha256=digest.hexdigest())
 
 
 def parse(text: str, path: str = "<config>", select: Optional[str] = None) -> Config:
