@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "show MIG mode and geometry of every GPU, with placements")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="health check for monitors (Node Problem Detector, Nagios, exec probes): one "
+        "line of at most 80 characters; exit 0 converged and the last pass fine, 1 not "
+        "converged, last pass failed or client units left stopped, 2 unknown (no driver, "
+        "no state file)",
+    )
 
     p = add("profiles", "show the GPU-instance profiles of every GPU, with placements")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -202,6 +210,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from migrestore import backend, render
     from migrestore.nvml import Nvml
 
+    if args.check:
+        return _check(args)
     with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
         driver = nv.driver_version()
@@ -217,6 +227,48 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"\nlast result: {last.get('result')} at {last.get('time')}: {last.get('message')}\n"
             )
     return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``status --check``: the verdict of ``health.decide`` on what is read here."""
+    from migrestore import backend, engine, health, metrics, publish, statefile
+    from migrestore import config as configmod
+    from migrestore.errors import DriverUnavailable
+    from migrestore.nvml import Nvml
+
+    facts: Dict[str, Any] = {}
+    state_path = backend.state_path(_simulate(args))
+    try:
+        with Nvml(backend.choose(_simulate(args))) as nv:
+            observed = nv.observe(devices=False)
+    except DriverUnavailable as exc:
+        facts["driver_error"] = str(exc)
+    except MigrestoreError as exc:
+        facts["state_error"] = f"cannot read the GPUs: {exc}"
+    if not facts:
+        try:
+            facts["state"] = statefile.read_state(state_path)
+        except MigrestoreError as exc:
+            facts["state_error"] = str(exc)
+    if facts.get("state") is not None:
+        units = list(metrics.left_stopped(facts["state"]))
+        for unit in engine.left_stopped(state_path, _logger(args)):
+            if unit not in units:
+                units.append(unit)
+        facts["left_stopped"] = units
+        try:
+            cfg = configmod.load(_config_path(args), args.select)
+        except MigrestoreError as exc:
+            facts["config_error"] = str(exc)
+        else:
+            verdicts = publish.assess(cfg, observed)
+            facts["drift"] = [v for v in verdicts.values() if v is not None]
+            mig = [g for g in observed if g.mig_current]
+            devices = sum(len(gi.cis) for g in mig for gi in g.instances)
+            facts["summary"] = f"{len(mig)} MIG GPUs, {devices} MIG devices"
+    verdict = health.decide(**facts)
+    sys.stdout.write(verdict.line + "\n")
+    return verdict.code
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -320,7 +372,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     state_path=backend.state_path(_simulate(args)),
                 )
             except MigrestoreError as exc:
-                _write_state(args, "failed", str(exc), (), cfg=cfg, driver=engine.driver_of(nv))
+                try:
+                    now = nv.observe(devices=False)
+                except MigrestoreError:
+                    now = ()
+                _write_state(
+                    args, "failed", str(exc), now, cfg=cfg, driver=engine.driver_of(nv), error=exc
+                )
                 raise
             # read under the lock: another migrestore may change the GPUs right after
             observed = outcome.observed if outcome.devices_read else nv.observe()
@@ -350,15 +408,26 @@ def _write_state(
     cfg: Any = None,
     outcome: Any = None,
     driver: Optional[str] = None,
+    error: Optional[BaseException] = None,
 ) -> None:
-    from migrestore import backend, engine, statefile
+    from migrestore import backend, engine, metrics, publish
 
+    state_path = backend.state_path(_simulate(args))
+
+    def warn(path: str, problem: str) -> None:
+        sys.stderr.write(f"migrestore: warning: metrics not written: {problem}\n")
+
+    publisher = publish.Publisher(
+        state_path,
+        metrics.textfile_path(cfg.metrics_textfile, _simulate(args)) if cfg else None,
+        warn,
+        lambda: engine.left_stopped(state_path, _logger(args)),
+    )
     try:
-        statefile.write_state(
-            backend.state_path(_simulate(args)),
+        publisher.publish(
             engine.state_document(
-                result, message, observed, cfg=cfg, outcome=outcome, driver=driver
-            ),
+                result, message, observed, cfg=cfg, outcome=outcome, driver=driver, error=error
+            )
         )
     except (OSError, MigrestoreError) as exc:
         sys.stderr.write(f"migrestore: warning: could not write the state file: {exc}\n")

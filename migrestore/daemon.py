@@ -27,7 +27,7 @@ import signal
 import time
 from typing import Any, List, Optional, Tuple
 
-from migrestore import backend, engine, logs, statefile
+from migrestore import backend, engine, logs, metrics, publish
 from migrestore import config as configmod
 from migrestore.errors import (
     EXIT_OK,
@@ -113,6 +113,12 @@ class Daemon:
         self.state_path = backend.state_path(simulate)
         self.lock_path = backend.lock_path(simulate)
         self.summary = ""  # the last one-line STATUS= summary
+        self.publisher = publish.Publisher(
+            self.state_path,
+            metrics.textfile_path(cfg.metrics_textfile, simulate),
+            lambda path, error: log.warning("metrics_not_written", path=path, error=error),
+            lambda: engine.left_stopped(self.state_path, log),
+        )
 
     # ----------------------------------------------------------------- phases
 
@@ -141,23 +147,41 @@ class Daemon:
         message: str,
         observed: Tuple[GpuState, ...],
         outcome: Optional[engine.Outcome] = None,
+        *,
+        drift: bool = False,
+        error: Optional[BaseException] = None,
     ) -> None:
         driver = engine.driver_of(self.nv)
         try:
-            statefile.write_state(
-                self.state_path,
+            self.publisher.publish(
                 engine.state_document(
-                    result, message, observed, cfg=self.cfg, outcome=outcome, driver=driver
+                    result,
+                    message,
+                    observed,
+                    cfg=self.cfg,
+                    outcome=outcome,
+                    driver=driver,
+                    drift=drift,
+                    error=error,
                 ),
             )
         except (OSError, MigrestoreError) as exc:
             self.log.warning("state_file_not_written", path=self.state_path, error=str(exc))
 
+    def observed_now(self) -> Tuple[GpuState, ...]:
+        """The GPUs for a failure's state file; () when they cannot be read."""
+        try:
+            return self.nv.observe(devices=False) if self.nv is not None else ()
+        except MigrestoreError:
+            return ()
+
     def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
         with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
             return self.converge_locked(observed)
 
-    def converge_locked(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
+    def converge_locked(
+        self, observed: Optional[Tuple[GpuState, ...]] = None, *, drift: bool = False
+    ) -> engine.Outcome:
         """``converge`` for a caller that holds the GPU lock already."""
         assert self.nv is not None
         outcome = engine.converge(
@@ -171,14 +195,16 @@ class Daemon:
             state_path=self.state_path,
         )
         if outcome.devices_read:
-            self.record(outcome, outcome.observed)
+            self.record(outcome, outcome.observed, drift=drift)
         for failure in outcome.hook_failures:
             self.log.error("hook_failed", outcome=failure)
         return outcome
 
-    def record(self, outcome: engine.Outcome, observed: Tuple[GpuState, ...]) -> None:
+    def record(
+        self, outcome: engine.Outcome, observed: Tuple[GpuState, ...], *, drift: bool = False
+    ) -> None:
         result = "converged" if outcome.converged_before else "applied"
-        self.write_state(result, outcome.summary(), observed, outcome)
+        self.write_state(result, outcome.summary(), observed, outcome, drift=drift)
 
     def start(self) -> Optional[int]:
         """Steps 2-4. Returns an exit code on failure, None when READY was sent."""
@@ -212,6 +238,7 @@ class Daemon:
         plan, _desired = engine.make_plan(self.cfg, light, force=True)
         if plan.converged:
             self.log.debug("watch", reason=reason, outcome="converged")
+            self.publisher.tick(light, publish.assess(self.cfg, light))
             return
         observed = self.nv.observe()
         plan, _desired = engine.make_plan(self.cfg, observed, force=True)
@@ -220,7 +247,7 @@ class Daemon:
         if reason == "reload" or policy == DRIFT_RESTORE:
             if reason != "reload":
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
-            outcome = self.converge_locked(observed)
+            outcome = self.converge_locked(observed, drift=reason != "reload")
             self.summary = outcome.summary()
             self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
             self.notifier.status(self.summary)
@@ -249,6 +276,7 @@ class Daemon:
             self.notifier.ready(f"config reload failed, previous config kept: {exc}")
             return
         self.cfg = new
+        self.publisher.metrics_path = metrics.textfile_path(new.metrics_textfile, self.simulate)
         self.log.info("config_reloaded", path=self.config_path)
         try:
             self.check("reload")
@@ -287,7 +315,7 @@ class Daemon:
                 # the next interval (the clients it stopped were started again).
                 self.log.error("watch_failed", error=str(exc))
                 self.notifier.status(f"failed: {exc}")
-                self.write_state("failed", str(exc), ())
+                self.write_state("failed", str(exc), self.observed_now(), error=exc)
                 next_check = time.monotonic() + interval
 
     def close(self) -> None:
@@ -331,7 +359,7 @@ def run(
         except MigrestoreError as exc:
             log.error("failed", error=str(exc), exit_code=exc.exit_code)
             notifier.status(f"failed: {exc}")
-            daemon.write_state("failed", str(exc), ())
+            daemon.write_state("failed", str(exc), daemon.observed_now(), error=exc)
             return exc.exit_code
         if once:
             return EXIT_OK

@@ -106,9 +106,12 @@ def state_document(
     cfg: Optional[Config] = None,
     outcome: Optional[Outcome] = None,
     driver: Optional[str] = None,
+    drift: bool = False,
+    error: Optional[BaseException] = None,
 ) -> Dict[str, Any]:
-    """The state file's content for a pass (or a failure, ``outcome`` None)."""
-    from migrestore import statefile
+    """The state file's content for a pass (or a failure, ``outcome`` None, ``error``
+    what failed it); ``drift``: the pass restored a drift the watch found."""
+    from migrestore import publish, statefile
 
     return statefile.build_state(
         result,
@@ -122,7 +125,16 @@ def state_document(
         start_failed=outcome.start_failed if outcome is not None else (),
         hooks_failed=outcome.hook_failures if outcome is not None else (),
         unmatched=outcome.unmatched if outcome is not None else (),
+        problems=publish.assess(cfg, observed) if cfg is not None else None,
+        config_sha256=cfg.sha256 or None if cfg is not None else None,
+        drift=drift,
+        nvml_error=getattr(error, "nvml_error", None),
     )
+
+
+def left_stopped(state_path: str, log: Any) -> Tuple[str, ...]:
+    """The client units earlier runs stopped and could not start again (rule 3's note)."""
+    return _read_pending(_pending_file(state_path), log)
 
 
 def make_plan(

@@ -13,8 +13,8 @@ Rules:
    ``increase()`` read as a counter reset. ``migrestore_counters_reset_timestamp_seconds``
    says when they last started from zero. ``count`` is pure: the previous document and
    the new one in, the new counters out.
-3. ``write_textfile`` is the only I/O: atomic (a temporary file in the same directory,
-   fsync, ``os.replace``), mode 0644, never follows a symlink at the target, never
+3. ``write_textfile`` is the only I/O: atomic (``migrestore.atomic``: a temporary file
+   in the same directory, fsync, ``os.replace``), mode 0644, never follows a symlink at the target, never
    creates the directory (node_exporter's package does), and as root refuses a
    directory that a user other than root can write. Its failure is a ``MetricsError``;
    callers log one line and carry on: metrics never fail a restore.
@@ -26,19 +26,19 @@ Rules:
 from __future__ import annotations
 
 import calendar
-import contextlib
 import os
 import stat
-import tempfile
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from migrestore.errors import MigrestoreError
+from migrestore import atomic
+from migrestore.errors import MigrestoreError, StateFileError
 
 __all__ = [
     "DEFAULT_TEXTFILE",
     "MetricsError",
     "count",
+    "left_stopped",
     "render",
     "textfile_path",
     "write_textfile",
@@ -397,23 +397,17 @@ def _check_directory(directory: str) -> None:
 
 def write_textfile(path: str, text: str) -> None:
     """Replace ``path`` with ``text`` atomically (rule 3). MetricsError on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    _check_directory(directory)
+    _check_directory(os.path.dirname(os.path.abspath(path)))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".migrestore-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fchmod(f.fileno(), 0o644)
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    except OSError as err:
-        raise MetricsError(f"metrics file {path}: cannot write: {err.strerror or err}") from None
+        atomic.write_bytes(
+            path,
+            text.encode("utf-8"),
+            what="metrics file",
+            fix="check the directory, or fix metrics.textfile in the config",
+            prefix=".migrestore-",
+        )
+    except StateFileError as err:
+        raise MetricsError(str(err)) from None
 
 
 def families(text: str) -> Sequence[str]:

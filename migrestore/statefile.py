@@ -23,14 +23,19 @@ Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` val
       "config": "/etc/migrestore.yaml",   # or null
       "selected": null,                   # the mig-parted config name used, if any
       "driver": "580.95.05",              # or null
-      "units": {"stopped": [...], "start_failed": [...]},
+      "config_sha256": "9f86d0...",       # SHA-256 of the config's bytes, or null
+      "drift": false,                     # true: the watch found drift and restored it
+      "nvml_error": null,                 # the NVML error name that failed the run
+      "units": {"stopped": [...], "start_failed": [...]},   # start_failed: still stopped
       "hooks_failed": ["one line per failed hook"],
       "unmatched": ["GPU labels no rule matched (left untouched)"],
+      "counters": {...},                  # added by publish.Publisher (metrics.count)
       "gpus": [
         {
           "index": 0, "uuid": "GPU-...", "pci_bus_id": "00000000:18:00.0",
           "name": "NVIDIA H100 80GB HBM3", "architecture": "hopper",
           "mig": {"current": true, "pending": true},
+          "converged": true,              # as declared; false: not; null: no rule matches
           "problem": null,                # or one line: why this GPU is not as desired
           "instances": [
             {
@@ -118,8 +123,9 @@ def _gi(gi: GpuInstance) -> Dict[str, Any]:
     }
 
 
-def _gpu(gpu: GpuState, problem: Optional[str]) -> Dict[str, Any]:
+def _gpu(gpu: GpuState, problems: Mapping[str, Optional[str]]) -> Dict[str, Any]:
     ident = gpu.identity
+    problem = problems.get(ident.uuid)
     return {
         "index": ident.index,
         "uuid": ident.uuid,
@@ -127,6 +133,7 @@ def _gpu(gpu: GpuState, problem: Optional[str]) -> Dict[str, Any]:
         "name": ident.name,
         "architecture": ident.architecture,
         "mig": {"current": gpu.mig_current, "pending": gpu.mig_pending},
+        "converged": (problem is None) if ident.uuid in problems else None,
         "problem": problem,
         "instances": [_gi(gi) for gi in gpu.instances],
     }
@@ -146,11 +153,14 @@ def build_state(
     start_failed: Sequence[str] = (),
     hooks_failed: Sequence[str] = (),
     unmatched: Sequence[str] = (),
-    problems: Optional[Mapping[str, str]] = None,
+    problems: Optional[Mapping[str, Optional[str]]] = None,
+    config_sha256: Optional[str] = None,
+    drift: bool = False,
+    nvml_error: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """The state document (schema in the module docstring). ``problems`` maps a GPU
-    UUID to the one line that says why it is not as desired. ValueError for a
-    ``result`` outside ``RESULTS``."""
+    """The state document (schema in the module docstring). ``problems`` maps the UUID
+    of each GPU a rule matches to None (it is as desired) or the one line that says why
+    it is not. ValueError for a ``result`` outside ``RESULTS``."""
     if result not in RESULTS:
         raise ValueError(f"state result {result!r} is not one of {', '.join(RESULTS)}")
     when = now if now is not None else datetime.datetime.now(datetime.timezone.utc)
@@ -164,10 +174,13 @@ def build_state(
         "config": config_path,
         "selected": selected,
         "driver": driver,
+        "config_sha256": config_sha256,
+        "drift": drift,
+        "nvml_error": nvml_error,
         "units": {"stopped": list(stopped_units), "start_failed": list(start_failed)},
         "hooks_failed": list(hooks_failed),
         "unmatched": list(unmatched),
-        "gpus": [_gpu(g, issues.get(g.uuid)) for g in observed],
+        "gpus": [_gpu(g, issues) for g in observed],
     }
 
 

@@ -271,6 +271,7 @@ def test_shipped_conffile_documents_every_top_level_key() -> None:
         "ampere-reset",
         "drift",
         "hooks",
+        "metrics",
         "gpus",
         "mig-parted",
     ):

@@ -86,7 +86,9 @@ def test_build_state_schema() -> None:
         driver="580.95.05",
         stopped_units=("nvidia-dcgm.service",),
         unmatched=("2 (GPU-cccc)",),
-        problems={"GPU-bbbb": "MIG mode pending a reset"},
+        problems={"GPU-aaaa": None, "GPU-bbbb": "MIG mode pending a reset"},
+        config_sha256="ab" * 32,
+        nvml_error="NVML_ERROR_IN_USE",
     )
     assert state == {
         "version": 1,
@@ -97,6 +99,9 @@ def test_build_state_schema() -> None:
         "config": "/etc/migrestore.yaml",
         "selected": None,
         "driver": "580.95.05",
+        "config_sha256": "ab" * 32,
+        "drift": False,
+        "nvml_error": "NVML_ERROR_IN_USE",
         "units": {"stopped": ["nvidia-dcgm.service"], "start_failed": []},
         "hooks_failed": [],
         "unmatched": ["2 (GPU-cccc)"],
@@ -108,6 +113,7 @@ def test_build_state_schema() -> None:
                 "name": "NVIDIA H100 80GB HBM3",
                 "architecture": "hopper",
                 "mig": {"current": True, "pending": True},
+                "converged": True,
                 "problem": None,
                 "instances": [
                     {
@@ -141,6 +147,7 @@ def test_build_state_schema() -> None:
                 "name": "NVIDIA H100 80GB HBM3",
                 "architecture": "hopper",
                 "mig": {"current": True, "pending": True},
+                "converged": False,
                 "problem": "MIG mode pending a reset",
                 "instances": [],
             },

@@ -13,6 +13,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from migrestore import errors, hooks, lock, model, statefile
+from migrestore.metrics import DEFAULT_TEXTFILE
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "migrestore.service"
@@ -188,7 +189,8 @@ def test_what_the_code_writes_stays_writable() -> None:
     """ProtectSystem=strict: the lock, the state file and the CDI spec must be under a
     ReadWritePaths= (or StateDirectory=) entry, or the daemon fails at boot."""
     assert one("Service", "ProtectSystem") == "strict"
-    writable = [os.path.realpath(p) for p in values("Service", "ReadWritePaths")]
+    # "-PATH": the entry is ignored when PATH does not exist
+    writable = [os.path.realpath(p.lstrip("-")) for p in values("Service", "ReadWritePaths")]
     writable += ["/var/lib/" + d for d in values("Service", "StateDirectory")]
 
     def covered(path: str) -> bool:
@@ -196,7 +198,7 @@ def test_what_the_code_writes_stays_writable() -> None:
         real = re.sub(r"^/var/run/", "/run/", path)
         return any(real == w or real.startswith(w.rstrip("/") + "/") for w in writable)
 
-    for path in (lock.DEFAULT_LOCK, statefile.DEFAULT_STATE, hooks.CDI_OUTPUT):
+    for path in (lock.DEFAULT_LOCK, statefile.DEFAULT_STATE, hooks.CDI_OUTPUT, DEFAULT_TEXTFILE):
         assert covered(path), f"{path} is not writable under ProtectSystem=strict"
 
 
