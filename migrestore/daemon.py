@@ -8,10 +8,12 @@ Sequence (docs/ARCHITECTURE.md, design §2):
 3. Under the GPU lock, converge (engine.converge): converged already means READY at once
    with no unit stopped and no GPU touched; otherwise stop the active client units,
    apply, verify, start exactly those units again (--no-block), hooks, CDI refresh.
-4. READY=1 with a one-line STATUS= summary; write the state file.
+4. READY=1 with a one-line STATUS= summary; write the state file, then the metrics
+   file (publish.Publisher; a metrics file that cannot be written is one warning).
 5. Watch: re-observe every ``drift.interval`` and on SIGHUP (which also reloads the
    config; a bad new config is reported and the old one kept). Drift is restored or
-   only reported, per ``drift.policy``. WATCHDOG=1 when systemd asks for it. SIGTERM
+   only reported, per ``drift.policy``; a tick that finds nothing to change rewrites
+   the metrics file alone. WATCHDOG=1 when systemd asks for it. SIGTERM
    exits 0 and leaves the geometry as it is.
 
 Rules: one NVML session for the life of the process; signals only set flags (the loop
@@ -235,10 +237,11 @@ class Daemon:
         # The geometry alone tells whether anything drifted; the full observation
         # (MIG device UUIDs, processes) is read only when something did.
         light = self.nv.observe(devices=False)
-        plan, _desired = engine.make_plan(self.cfg, light, force=True)
+        plan, desired = engine.make_plan(self.cfg, light, force=True)
         if plan.converged:
             self.log.debug("watch", reason=reason, outcome="converged")
-            self.publisher.tick(light, publish.assess(self.cfg, light))
+            # every GPU a rule matches is as declared
+            self.publisher.tick(light, dict.fromkeys(desired))
             return
         observed = self.nv.observe()
         plan, _desired = engine.make_plan(self.cfg, observed, force=True)
