@@ -20,7 +20,8 @@ Rules:
    callers log one line and carry on: metrics never fail a restore.
 4. The path comes from the config (``metrics.textfile``); without the key it is
    ``DEFAULT_TEXTFILE`` when that directory exists, and nothing when the GPUs are
-   simulated (a simulation never writes the real node's files).
+   simulated or ``$MIGRESTORE_STATE`` names a state file of its own: the node's
+   metrics describe the node's state file, never a simulation's or a private run's.
 """
 
 from __future__ import annotations
@@ -373,7 +374,7 @@ def textfile_path(configured: Optional[str], simulate: Optional[str]) -> Optiona
         return None
     if configured:
         return configured
-    if simulate:
+    if simulate or os.environ.get("MIGRESTORE_STATE"):
         return None
     return DEFAULT_TEXTFILE if os.path.isdir(os.path.dirname(DEFAULT_TEXTFILE)) else None
 

@@ -92,9 +92,14 @@ def test_textfile_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert metrics.textfile_path("", "h100-80gb-hbm3:1") is None
     default_dir = tmp_path / "node-exporter"
     monkeypatch.setattr(metrics, "DEFAULT_TEXTFILE", str(default_dir / "migrestore.prom"))
+    monkeypatch.delenv("MIGRESTORE_STATE", raising=False)
     assert metrics.textfile_path("", None) is None  # no node_exporter directory
     default_dir.mkdir()
     assert metrics.textfile_path("", None) == str(default_dir / "migrestore.prom")
+    # a run with a state file of its own (a test, a private run) is not the node's
+    monkeypatch.setenv("MIGRESTORE_STATE", str(tmp_path / "state.json"))
+    assert metrics.textfile_path("", None) is None
+    assert metrics.textfile_path("/x/m.prom", None) == "/x/m.prom"
 
 
 def test_write_textfile_is_atomic_and_0644(tmp_path: Path) -> None:
