@@ -37,7 +37,7 @@ def assess(cfg: Config, observed: Sequence[GpuState]) -> Dict[str, Optional[str]
     from migrestore import config as configmod
     from migrestore import planner
 
-    desired, _unmatched = configmod.resolve(cfg, observed)
+    desired = configmod.resolve(cfg, observed)
     verdicts: Dict[str, Optional[str]] = {}
     for gpu in observed:
         spec = desired.get(gpu.uuid)
