@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lock-timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how long to wait for another migrestore to finish (default 60)",
@@ -171,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (``nan`` and ``inf`` are refused: a
+    wait that never ends is not a timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a finite number of seconds >= 0 (e.g. 60)"
+        )
+    return value
 
 
 def _config_path(args: argparse.Namespace) -> str:

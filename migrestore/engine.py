@@ -15,16 +15,14 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
-from migrestore import atomic, planner
 from migrestore import config as configmod
-from migrestore.errors import InfeasibleError, MigrestoreError, StateFileError
+from migrestore import planner
+from migrestore.errors import InfeasibleError, MigrestoreError
 from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
 from migrestore.nvml import Nvml
 
@@ -159,48 +157,33 @@ def make_plan(
 
 
 def _pending_file(state_path: str) -> str:
-    """Where the units stopped and not yet started again are recorded (rule 3): beside
-    the state file, so a run killed between the stop and the start leaves a note that
-    the next run reads."""
-    return state_path + ".stopped-units" if state_path else ""
+    """Where the units stopped and not yet started again are recorded (rule 3)."""
+    from migrestore import statefile
+
+    return statefile.note_path(state_path)
 
 
-def _read_pending(path: str, log: Any) -> Tuple[str, ...]:
-    if not path:
-        return ()
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return ()
-    except (OSError, ValueError, RecursionError) as exc:
-        log.warning("stopped_units_unreadable", path=path, error=str(exc))
-        return ()
-    units = data.get("units") if isinstance(data, dict) else None
-    if not isinstance(units, list):
-        return ()
-    from migrestore import services
+def _read_pending(path: str, clients: Tuple[str, ...], log: Any) -> Tuple[str, ...]:
+    from migrestore import statefile
 
-    return tuple(u for u in units if isinstance(u, str) and services.check_unit_name(u) is None)
+    units, problems = statefile.read_stopped_units(path, clients)
+    for problem in problems:
+        log.warning("stopped_units_untrusted", path=path, error=problem)
+    return units
 
 
-def _write_pending(path: str, units: Tuple[str, ...]) -> None:
-    """Raises StateFileError when the note cannot be written or removed."""
-    if not path:
-        return
-    fix = "free space there, or set MIGRESTORE_STATE to a writable path"
-    try:
-        if not units:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-    except OSError as err:
-        raise StateFileError(
-            f"stopped-units note {path}: cannot write: {err.strerror or err} ({fix})"
-        ) from None
-    data = json.dumps({"units": list(units)}).encode("utf-8")
-    atomic.write_bytes(path, data, what="stopped-units note", fix=fix, prefix=".stopped-")
+def _write_pending(path: str, units: Tuple[str, ...], log: Any) -> None:
+    """Record the note; a failure is logged, never raised: the restore goes on."""
+    from migrestore import statefile
+
+    problem = statefile.write_stopped_units(path, units)
+    if problem:
+        log.warning(
+            "stopped_units_not_recorded",
+            units=",".join(units),
+            error=problem,
+            outcome="restore goes on; a run killed before it starts them leaves them stopped",
+        )
 
 
 def _restart(
@@ -212,7 +195,7 @@ def _restart(
     from migrestore import services
 
     failed = services.start_clients(ctl, units, log) if units else ()
-    _write_pending(pending_path, tuple(u for u in units if u in failed))
+    _write_pending(pending_path, tuple(u for u in units if u in failed), log)
     return failed
 
 
@@ -240,7 +223,7 @@ def converge(
     more_time = extend or (lambda _seconds: None)
     started = time.monotonic()
     pending_path = _pending_file(state_path) if manages_units(ctl) else ""
-    left_stopped = _read_pending(pending_path, log)
+    left_stopped = _read_pending(pending_path, tuple(cfg.clients), log)
     if left_stopped:
         log.warning("units_left_stopped", units=",".join(left_stopped), outcome="starting them")
     if observed is None:
@@ -290,7 +273,7 @@ def converge(
             more_time(cfg.unit_timeout * len(cfg.clients) + 30)
             active = tuple(u for u in cfg.clients if ctl.is_active(u))
             # written before the first stop: a run killed from here on leaves the note
-            _write_pending(pending_path, tuple(dict.fromkeys(left_stopped + active)))
+            _write_pending(pending_path, tuple(dict.fromkeys(left_stopped + active)), log)
             stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
         elif cfg.clients and ctl is not None:
             log.warning(

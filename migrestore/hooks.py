@@ -12,6 +12,10 @@ Rules:
    logged. stdin is /dev/null, the working directory ``/``.
 4. A failed hook is logged at error and reported back; it never undoes the geometry,
    which is verified by then. The other hooks still run.
+5. A hook, and ``nvidia-ctk`` (from the fixed path ``NVIDIA_CTK``, never ``$PATH``),
+   run as root only after ``proc.open_trusted`` checked every directory and symlink on
+   the way to it; the descriptor checked is the one executed, so swapping the file or
+   a symlink afterwards changes nothing.
 
 Hook environment (``result_environment`` builds it):
 
@@ -25,13 +29,19 @@ Hook environment (``result_environment`` builds it):
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrestore.logs import BoundLogger
 from migrestore.model import Hook
-from migrestore.proc import OUTPUT_LIMIT, Completed, describe_argv, run_bounded
+from migrestore.proc import (
+    OUTPUT_LIMIT,
+    Completed,
+    Untrusted,
+    describe_argv,
+    open_trusted,
+    run_bounded,
+)
 
 __all__ = [
     "CDI_OUTPUT",
@@ -49,6 +59,7 @@ __all__ = [
 
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 CDI_OUTPUT = "/var/run/cdi/nvidia.yaml"
+NVIDIA_CTK = "/usr/bin/nvidia-ctk"  # where the NVIDIA Container Toolkit packages put it
 CDI_TIMEOUT = 60.0
 LINES_MAX = 200  # lines logged per stream of one hook
 LINE_MAX = 1000  # characters logged per line
@@ -132,12 +143,26 @@ def run_hooks(
         name = _hook_name(hook)
         log.info("hook_started", hook=name, timeout=hook.timeout)
         try:
-            result = run_bounded(hook.argv, hook.timeout, env=env, cwd="/")
+            program = open_trusted(hook.argv[0])
+        except Untrusted as err:
+            outcome = f"refused: {err}"
+            log.error("hook_failed", hook=name, outcome=outcome)
+            failed.append(f"hook {name} {outcome}")
+            continue
         except OSError as err:
             outcome = f"could not start: {err.strerror or err}"
             log.error("hook_failed", hook=name, outcome=outcome)
             failed.append(f"hook {name} {outcome} (fix the hooks list in the config)")
             continue
+        try:
+            result = run_bounded(hook.argv, hook.timeout, env=env, cwd="/", program_fd=program)
+        except OSError as err:
+            outcome = f"could not start: {err.strerror or err}"
+            log.error("hook_failed", hook=name, outcome=outcome)
+            failed.append(f"hook {name} {outcome} (fix the hooks list in the config)")
+            continue
+        finally:
+            os.close(program)
         # A process killed on timeout may still have written something useful.
         _log_output(log, name, "stdout", result.stdout, result.dropped)
         _log_output(log, name, "stderr", result.stderr, 0)
@@ -161,22 +186,32 @@ def refresh_cdi(
 ) -> Optional[str]:
     """Regenerate the CDI spec, since MIG device UUIDs change with every re-creation.
 
-    Uses ``nvidia_ctk`` when given, else ``nvidia-ctk`` from ``$PATH`` (or the clean
-    PATH); without one, does nothing and returns None. Returns None on success, else
-    the one-line error.
+    Runs ``nvidia_ctk`` (default ``NVIDIA_CTK``, a fixed absolute path: never looked up
+    on ``$PATH``, rule 5), with the checks hooks get (``proc.open_trusted``); when it
+    is not installed, does nothing and returns None. Returns None on success, else the
+    one-line error.
     """
-    ctk = nvidia_ctk or shutil.which("nvidia-ctk", path=os.environ.get("PATH") or CLEAN_PATH)
-    if ctk is None:
-        log.debug("cdi_refresh_skipped", outcome="nvidia-ctk not found")
-        return None
+    ctk = nvidia_ctk or NVIDIA_CTK
     argv = (ctk, "cdi", "generate", f"--output={output}")
     command = describe_argv(argv)
     try:
-        result = run_bounded(argv, timeout, env=hook_environment({}), cwd="/")
+        program = open_trusted(ctk)
+    except FileNotFoundError:
+        log.debug("cdi_refresh_skipped", outcome="nvidia-ctk not found")
+        return None
+    except (OSError, Untrusted) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        error = f"refused to run {command}: {reason}"
+        log.error("cdi_refresh_failed", outcome=error)
+        return error
+    try:
+        result = run_bounded(argv, timeout, env=hook_environment({}), cwd="/", program_fd=program)
     except OSError as err:
         error = f"could not run {command}: {err.strerror or err}"
         log.error("cdi_refresh_failed", outcome=error)
         return error
+    finally:
+        os.close(program)
     for line in (result.stdout + result.stderr).splitlines()[:LINES_MAX]:
         log.debug("cdi_refresh_output", line=line[:LINE_MAX])
     if result.ok:

@@ -16,6 +16,14 @@ Rules:
    the pipes are waited for at most ``PIPE_GRACE`` seconds.
 4. A program that cannot be started raises ``OSError``; every caller turns that into
    its own error. A timeout is ``Completed.returncode is None``, never an exception.
+5. A program run as root from a path (hooks, ``nvidia-ctk``) is opened once with
+   ``open_trusted`` and executed through that descriptor, so what was checked is what
+   runs. The check walks the path as the kernel resolves it, symlink by symlink: every
+   directory passed through, and the directory of every symlink followed, must belong
+   to root (or us) and be writable by no one else (a root-owned sticky directory such
+   as /tmp is accepted: others cannot replace what root put there); the program must be
+   a regular executable file of root (or us) that no one else can write. A refusal is
+   ``Untrusted`` with the reason and the fix.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ import os
 import selectors
 import shlex
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import IO, Dict, List, Mapping, Optional, Sequence, Tuple
 
+SYMLINK_HOPS = 40  # as the kernel's MAXSYMLINKS
 OUTPUT_LIMIT = 64 * 1024  # bytes kept per stream
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 PIPE_GRACE = 0.5  # how long to read after the program exits while its children hold the pipes
@@ -55,6 +65,97 @@ class Completed:
         return self.returncode == 0
 
 
+class Untrusted(Exception):
+    """A program another user could change (rule 5); ``str()`` is one line with the fix."""
+
+
+def _owner_only(st: os.stat_result) -> bool:
+    return st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _check_dir(path: str, program: str) -> None:
+    st = os.stat(path)
+    if _owner_only(st):
+        return
+    if st.st_uid == 0 and st.st_mode & stat.S_ISVTX:
+        return
+    raise Untrusted(
+        f"{program}: directory {path} on its path is owned by uid {st.st_uid} or writable by "
+        f"others (mode {stat.S_IMODE(st.st_mode):04o}), so another user could swap what "
+        "runs as root (keep it in a root-owned directory such as /usr/local/sbin)"
+    )
+
+
+def _resolve_checked(program: str) -> Tuple[str, os.stat_result]:
+    """The path ``program`` resolves to and its lstat, checking as rule 5 says."""
+    if not os.path.isabs(program):
+        raise Untrusted(f"{program}: not an absolute path (no PATH lookup as root)")
+    pending = [p for p in program.split("/") if p]
+    current = "/"
+    _check_dir(current, program)
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current) or "/"
+            continue
+        candidate = os.path.join(current, part)
+        st = os.lstat(candidate)
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > SYMLINK_HOPS:
+                raise Untrusted(f"{program}: too many symlinks")
+            target = os.readlink(candidate)
+            pending = [p for p in target.split("/") if p] + pending
+            if target.startswith("/"):
+                current = "/"
+            continue
+        if pending:
+            if not stat.S_ISDIR(st.st_mode):
+                raise Untrusted(f"{program}: {candidate} is not a directory")
+            _check_dir(candidate, program)
+            current = candidate
+            continue
+        return candidate, st
+    raise Untrusted(f"{program}: names a directory, not a program")
+
+
+def open_trusted(program: str) -> int:
+    """A close-on-exec descriptor of ``program`` after the checks of rule 5.
+
+    Raises:
+        Untrusted: another user could change it, or it is not an executable file.
+        OSError: it does not exist or cannot be opened.
+    """
+    resolved, seen = _resolve_checked(program)
+    fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            raise Untrusted(f"{program}: changed while it was checked")
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted(f"{program}: not a regular file")
+        if not _owner_only(st):
+            raise Untrusted(
+                f"{program}: owned by uid {st.st_uid} or writable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}) (chown root:root {program} && chmod 0755 "
+                f"{program})"
+            )
+        if not st.st_mode & 0o111:
+            raise Untrusted(f"{program}: not executable (chmod 0755 {program})")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def fd_executable(fd: int) -> str:
+    """What to exec for a descriptor from ``open_trusted`` (pass it with ``pass_fds``)."""
+    return f"/proc/self/fd/{fd}"
+
+
 def describe_argv(argv: Sequence[str]) -> str:
     """An argv as a shell would need it typed, for log lines and messages."""
     return " ".join(shlex.quote(a) for a in argv)
@@ -78,14 +179,18 @@ def run_bounded(
     cwd: Optional[str] = None,
     limit: int = OUTPUT_LIMIT,
     kill_grace: float = KILL_GRACE,
+    program_fd: Optional[int] = None,
 ) -> Completed:
     """Run ``argv`` (no shell) for at most ``timeout`` seconds and collect its output.
 
-    ``env`` None inherits ours. Raises OSError when the program cannot be started
-    (not found, not executable); the callers turn that into their own error.
+    ``env`` None inherits ours. ``program_fd`` (from ``open_trusted``): run that file,
+    with ``argv`` as its arguments (rule 5). Raises OSError when the program cannot be
+    started (not found, not executable); the callers turn that into their own error.
     """
     proc = subprocess.Popen(
         list(argv),
+        executable=fd_executable(program_fd) if program_fd is not None else None,
+        pass_fds=(program_fd,) if program_fd is not None else (),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,6 +11,17 @@ Rules:
 3. The default path is ``/run/migrestore/state.json`` (``$MIGRESTORE_STATE``
    overrides it): /run is emptied at boot, and so the file never describes an earlier
    boot's GPUs.
+4. Only what migrestore wrote is replaced: a state document (``version`` and a
+   ``result``), a symlink (replaced, not followed) or nothing (``atomic`` rule 5);
+   ``MIGRESTORE_STATE=/dev/null`` or a FIFO is refused, untouched. Reading opens
+   without following symlinks and without blocking, so a FIFO there never hangs
+   ``status``.
+5. The stopped-units note (``note_path``) names client units a run stopped and has not
+   started again. It is trusted only from a regular file owned by root (or us) that no
+   one else can write, in a directory of the same kind, and only for units in the
+   config's clients list: a note planted by another user never makes root start a unit.
+   Neither reading nor writing it ever stops a restore: a failure is returned as one
+   line for the caller to log.
 
 Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` values::
 
@@ -60,9 +71,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import stat
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrestore import atomic
 from migrestore.errors import StateFileError
@@ -218,7 +231,25 @@ def write_state(path: Optional[str], data: Mapping[str, Any]) -> None:
             f"state file {target}: cannot write: {err.strerror or err} ({_WRITE_FIX})"
         ) from None
     atomic.write_bytes(
-        target, text.encode("utf-8"), what="state file", fix=_WRITE_FIX, prefix=".state-"
+        target,
+        text.encode("utf-8"),
+        what="state file",
+        fix=_WRITE_FIX,
+        prefix=".state-",
+        ours=is_state_document,
+    )
+
+
+def is_state_document(head: bytes) -> bool:
+    """Whether bytes read from a path are a state file migrestore wrote (rule 4)."""
+    try:
+        data = json.loads(head.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("version"), int)
+        and data.get("result") in RESULTS
     )
 
 
@@ -227,17 +258,27 @@ def read_state(path: Optional[str] = None) -> Optional[Dict[str, Any]]:
     is none yet. StateFileError when it cannot be read or is not a state file."""
     target = path or default_path()
     try:
-        with open(target, encoding="utf-8") as f:
-            text = f.read()
+        raw = atomic.read_regular(target)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise StateFileError(
+                f"state file {target}: is a symlink; migrestore does not read through it ({_FIX})"
+            ) from None
+        if err.errno == errno.EINVAL:
+            raise StateFileError(
+                f"state file {target}: not a regular file (a FIFO, device or directory is "
+                "there; remove it or set MIGRESTORE_STATE)"
+            ) from None
+        raise StateFileError(
+            f"state file {target}: cannot read: {err.strerror or err} (run as root)"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise StateFileError(
             f"state file {target}: not UTF-8 text (byte {err.start}) ({_FIX})"
-        ) from None
-    except OSError as err:
-        raise StateFileError(
-            f"state file {target}: cannot read: {err.strerror or err} (run as root)"
         ) from None
     try:
         data = json.loads(text)
@@ -260,3 +301,102 @@ def read_state(path: Optional[str] = None) -> Optional[Dict[str, Any]]:
             f"(this one reads version {STATE_VERSION}; upgrade it)"
         )
     return data
+
+
+# --------------------------------------------------------------------------- the note
+
+NOTE_MAX = 64 * 1024
+
+
+def note_path(state_path: str) -> str:
+    """Where the units stopped and not yet started again are recorded: beside the state
+    file, so a run killed between the stop and the start leaves a note that the next
+    run reads."""
+    return state_path + ".stopped-units" if state_path else ""
+
+
+def _unsafe(st: os.stat_result) -> bool:
+    return st.st_uid not in (0, os.geteuid()) or bool(st.st_mode & 0o022)
+
+
+def read_stopped_units(path: str, clients: Sequence[str]) -> Tuple[Tuple[str, ...], List[str]]:
+    """The units of the note at ``path`` that may be started again, and one line per
+    reason something in it was not trusted (rule 5).
+
+    Trusted: a regular file (opened without following a symlink or blocking on a FIFO)
+    owned by root (or us) that no one else can write, in a directory of the same kind;
+    and of its units only those in ``clients``, the config's list. Never raises."""
+    if not path:
+        return (), []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return (), []
+    except OSError as err:
+        return (), [f"stopped-units note {path}: cannot open: {err.strerror or err}"]
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return (), [f"stopped-units note {path}: not a regular file; ignored"]
+        directory = os.path.dirname(os.path.abspath(path))
+        if _unsafe(st) or _unsafe(os.stat(directory)):
+            return (), [
+                f"stopped-units note {path}: it or its directory is owned or writable by a "
+                "user other than root; ignored (only root may name units for root to start)"
+            ]
+        raw = os.read(fd, NOTE_MAX + 1)
+    except OSError as err:
+        return (), [f"stopped-units note {path}: cannot read: {err.strerror or err}"]
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= NOTE_MAX else None
+    except (ValueError, RecursionError):
+        data = None
+    units = data.get("units") if isinstance(data, dict) else None
+    if not isinstance(units, list):
+        return (), [f"stopped-units note {path}: not a note migrestore wrote; ignored"]
+    allowed = [u for u in units if isinstance(u, str) and u in clients]
+    problems = []
+    if len(allowed) != len(units):
+        problems.append(
+            f"stopped-units note {path}: {len(units) - len(allowed)} unit(s) not in the "
+            "config's clients list ignored"
+        )
+    return tuple(dict.fromkeys(allowed)), problems
+
+
+def _is_note(head: bytes) -> bool:
+    try:
+        data = json.loads(head.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("units"), list)
+
+
+def write_stopped_units(path: str, units: Sequence[str]) -> Optional[str]:
+    """Record ``units`` in the note (none: remove it); returns None, or one line saying
+    what could not be recorded. Never raises: the restore does not depend on it."""
+    if not path:
+        return None
+    fix = "free space there, or set MIGRESTORE_STATE to a writable path"
+    try:
+        if not units:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                return f"stopped-units note {path}: not a regular file; left as it is"
+            os.unlink(path)
+            return None
+        _make_dirs(os.path.dirname(os.path.abspath(path)))
+        data = json.dumps({"units": list(units)}).encode("utf-8")
+        atomic.write_bytes(
+            path, data, what="stopped-units note", fix=fix, prefix=".stopped-", ours=_is_note
+        )
+    except OSError as err:
+        return f"stopped-units note {path}: cannot write: {err.strerror or err} ({fix})"
+    except StateFileError as err:
+        return str(err)
+    return None

@@ -369,6 +369,15 @@ def dumps(state: SimState) -> str:
     return json.dumps(to_json(state), indent=1) + "\n"
 
 
+def is_state_document(head: bytes) -> bool:
+    """Whether bytes read from a path are a simulator state file (its ``format``)."""
+    try:
+        data = json.loads(head.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
 def parse_text(text: str, where: str) -> SimState:
     """Parse a state file's text.
 
@@ -425,11 +434,27 @@ class FileStore:
         self._held: Optional[IO[bytes]] = None
         self._lock_fd: Optional[int] = None
         self._lock_pid = 0
-        if not os.path.exists(self.path):
+        # Nothing is created (not even the .lock beside it) before the file is known to be
+        # a simulator state file: ``--simulate /etc/passwd`` must not make /etc/passwd.lock.
+        try:
+            head = atomic.read_regular(self.path)
+        except FileNotFoundError:
             raise StateFileError(
                 f"{self.path}: no such simulator state file "
                 "(create it with 'migrestore-sim init STATE MODEL[:COUNT]')"
-            )
+            ) from None
+        except OSError as err:
+            raise StateFileError(
+                f"{self.path}: not a simulator state file ({err.strerror or err}); "
+                "create one with 'migrestore-sim init STATE MODEL[:COUNT]'"
+            ) from None
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StateFileError(
+                f"{self.path}: not UTF-8 text; recreate it with 'migrestore-sim init'"
+            ) from None
+        parse_text(text, self.path)  # the same named errors as every later read
         with self.transaction():
             pass
 
@@ -531,6 +556,7 @@ class FileStore:
                 what="simulator state file",
                 fix="free space there or make it writable",
                 mode=None,
+                ours=is_state_document,
             )
             handle = open(self.path, "rb")  # noqa: SIM115 - kept open on purpose (rule 2)
         except StateFileError:

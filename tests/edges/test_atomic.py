@@ -38,20 +38,29 @@ def test_mode_none_keeps_the_mode_of_the_file_replaced(tmp_path: Path) -> None:
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
-def test_a_failed_replace_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+def test_what_is_not_a_regular_file_is_refused_untouched(tmp_path: Path) -> None:
     target = tmp_path / "busy"
     target.mkdir()
     (target / "inside").write_text("x")
-    with pytest.raises(StateFileError) as info:
-        _write(target)
-    message = str(info.value)
-    assert message.startswith(f"test file {target}: cannot write: ")
-    assert message.endswith("(fix it)")
-    assert sorted(os.listdir(tmp_path)) == ["busy"]
-    assert info.value.exit_code == 1
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (target, fifo):
+        with pytest.raises(StateFileError) as info:
+            _write(path)
+        assert str(info.value).startswith(f"test file {path}: something that is not a regular")
+        assert info.value.exit_code == 1
+    assert sorted(os.listdir(tmp_path)) == ["busy", "fifo"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
-def test_a_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
-    target = tmp_path / "no" / "such" / "f.json"
-    with pytest.raises(StateFileError, match="cannot write: No such file or directory"):
-        _write(target)
+def test_a_foreign_file_is_refused_and_a_symlink_replaced_not_followed(tmp_path: Path) -> None:
+    foreign = tmp_path / "passwd"
+    foreign.write_text("root:x:0:0::/root:/bin/sh\n")
+    with pytest.raises(StateFileError, match="not one migrestore wrote"):
+        _write(foreign, ours=lambda head: head.startswith(b"{"))
+    assert foreign.read_text() == "root:x:0:0::/root:/bin/sh\n"
+    link = tmp_path / "link"
+    link.symlink_to(foreign)
+    _write(link, ours=lambda head: head.startswith(b"{"))
+    assert not link.is_symlink() and link.read_bytes() == b"new\n"
+    assert foreign.read_text() == "root:x:0:0::/root:/bin/sh\n"

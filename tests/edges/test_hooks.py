@@ -12,6 +12,7 @@ import pytest
 
 from migrestore.hooks import (
     CLEAN_PATH,
+    NVIDIA_CTK,
     OUTPUT_LIMIT,
     hook_environment,
     refresh_cdi,
@@ -232,22 +233,26 @@ def test_cdi_refresh_runs_nvidia_ctk_generate(tmp_path: Path, journal: Journal) 
     ]
 
 
-def test_cdi_refresh_default_output_and_path_lookup(
+def test_cdi_refresh_never_looks_nvidia_ctk_up_on_path(
     tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # a stand-in first on PATH is never run as root: only the fixed absolute path is
     args = tmp_path / "args"
     script(tmp_path / "nvidia-ctk", f'echo "$@" > {args}\n')
     monkeypatch.setenv("PATH", f"{tmp_path}:{CLEAN_PATH}")
+    assert os.path.isabs(NVIDIA_CTK)
+    if os.path.exists(NVIDIA_CTK):
+        pytest.skip(f"{NVIDIA_CTK} is installed here")
     assert refresh_cdi(journal.log) is None
-    assert args.read_text() == "cdi generate --output=/var/run/cdi/nvidia.yaml\n"
-
-
-def test_cdi_refresh_without_nvidia_ctk_does_nothing(
-    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert refresh_cdi(journal.log) is None
+    assert not args.exists()
     assert journal.lines() == ['<7>cdi_refresh_skipped outcome="nvidia-ctk not found"']
+
+
+def test_cdi_refresh_default_output(tmp_path: Path, journal: Journal) -> None:
+    args = tmp_path / "args"
+    ctk = script(tmp_path / "nvidia-ctk", f'echo "$@" > {args}\n')
+    assert refresh_cdi(journal.log, nvidia_ctk=ctk) is None
+    assert args.read_text() == "cdi generate --output=/var/run/cdi/nvidia.yaml\n"
 
 
 def test_cdi_refresh_failure_is_one_line_with_the_last_error(

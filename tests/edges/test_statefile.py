@@ -267,5 +267,5 @@ def test_read_binary_garbage(tmp_path: Path) -> None:
 
 
 def test_read_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(StateFileError, match="cannot read: Is a directory"):
+    with pytest.raises(StateFileError, match="not a regular file"):
         read_state(str(tmp_path))
