@@ -223,12 +223,22 @@ def _last_result(simulate: Optional[str]) -> Optional[Dict[str, Any]]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from migrestore import backend, render
-    from migrestore.nvml import Nvml
+    from migrestore.errors import NvmlError
+    from migrestore.lock import GpuLock
+    from migrestore.nvml import VANISHED, Nvml
 
     if args.check:
         return _check(args)
     with Nvml(backend.choose(_simulate(args))) as nv:
-        observed = nv.observe()
+        try:
+            observed = nv.observe()
+        except NvmlError as exc:
+            if exc.nvml_error not in VANISHED:
+                raise
+            # Another process kept changing the GPUs under every read: read once more
+            # holding the GPU lock, while no migrestore changes them.
+            with GpuLock(backend.lock_path(_simulate(args))):
+                observed = nv.observe()
         driver = nv.driver_version()
     last = _last_result(_simulate(args))
     if args.json:

@@ -160,6 +160,9 @@ def _text(raw: Any) -> str:
 
 
 OBSERVE_ATTEMPTS = 3  # reads of one observation when instances vanish under it
+# What a read answers when another process changed the GPU under it: an instance gone
+# (its handle), or MIG mode switched off between two reads.
+VANISHED = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTED")
 
 
 class Backend(Protocol):
@@ -348,8 +351,7 @@ class Nvml:
                 with self._gate.shared():
                     return tuple(self._observe(gpu, devices) for gpu in self._devices())
             except NvmlError as err:
-                vanished = err.nvml_error in ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND")
-                if not vanished or attempt == OBSERVE_ATTEMPTS - 1:
+                if err.nvml_error not in VANISHED or attempt == OBSERVE_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 

@@ -418,3 +418,29 @@ def test_nvidia_ctk_is_never_taken_from_path(
     assert result.code == 0, result.err
     assert rig.converged(cfg)
     assert not marker.exists(), "nvidia-ctk from the caller's PATH ran as root"
+
+
+# --------------------------------------------------------------------------- status
+
+
+@pytest.mark.parametrize(
+    ("function", "error"),
+    [
+        ("nvmlGpuInstanceGetInfo", "NVML_ERROR_INVALID_ARGUMENT"),
+        ("nvmlDeviceGetGpuInstances", "NVML_ERROR_NOT_SUPPORTED"),
+        ("nvmlComputeInstanceGetInfo_v2", "NVML_ERROR_NOT_FOUND"),
+    ],
+)
+def test_status_answers_while_other_processes_keep_changing_the_gpus(
+    function: str, error: str, rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every lock-free read meets an instance (or MIG mode) changed under it, as when
+    # applies race the daemon: status reads once more under the GPU lock
+    cfg = rig.write_config(layout())
+    assert apply(rig, capsys).code == 0
+    for nth in range(1, 4):
+        rig.sim.fail(function, nth, error)
+    shown = run(capsys, "--simulate", rig.state, "status", "--json")
+    assert shown.code == 0, shown.err
+    assert [gi["profile"] for gi in shown.json()["gpus"][0]["instances"]] == ["7g.80gb"]
+    assert rig.converged(cfg)
