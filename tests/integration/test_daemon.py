@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -361,11 +362,16 @@ def test_two_applies_at_once_are_serialized_by_the_lock(hopper: Node) -> None:
 
 def test_apply_says_who_holds_the_lock(hopper: Node) -> None:
     hopper.write_config(config())
-    with open(hopper.env["MIGRESTORE_LOCK"], "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    lock = hopper.env["MIGRESTORE_LOCK"]
+    # hold it as a migrestore does (lock rule 1): the directory's flock, the holder line
+    with open(lock, "w") as f:
         f.write("4242 migrestore daemon\n")
-        f.flush()
+    held = os.open(os.path.dirname(lock), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
         done = hopper.migrestore("apply", "--no-clients", "--lock-timeout", "1")
+    finally:
+        os.close(held)
     assert done.returncode == 1
     assert "4242" in done.stderr
     assert hopper.changes() == 0
