@@ -131,8 +131,9 @@ def state_document(
 
 
 def left_stopped(state_path: str, log: Any) -> Tuple[str, ...]:
-    """The client units earlier runs stopped and could not start again (rule 3's note)."""
-    return _read_pending(_pending_file(state_path), log)
+    """The client units earlier runs stopped and could not start again (rule 3's note),
+    for reports: the note's trust checks apply, the clients list does not."""
+    return _read_pending(_pending_file(state_path), None, log)
 
 
 def make_plan(
@@ -163,7 +164,7 @@ def _pending_file(state_path: str) -> str:
     return statefile.note_path(state_path)
 
 
-def _read_pending(path: str, clients: Tuple[str, ...], log: Any) -> Tuple[str, ...]:
+def _read_pending(path: str, clients: Optional[Tuple[str, ...]], log: Any) -> Tuple[str, ...]:
     from migrestore import statefile
 
     units, problems = statefile.read_stopped_units(path, clients)

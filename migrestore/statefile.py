@@ -319,13 +319,16 @@ def _unsafe(st: os.stat_result) -> bool:
     return st.st_uid not in (0, os.geteuid()) or bool(st.st_mode & 0o022)
 
 
-def read_stopped_units(path: str, clients: Sequence[str]) -> Tuple[Tuple[str, ...], List[str]]:
+def read_stopped_units(
+    path: str, clients: Optional[Sequence[str]]
+) -> Tuple[Tuple[str, ...], List[str]]:
     """The units of the note at ``path`` that may be started again, and one line per
     reason something in it was not trusted (rule 5).
 
     Trusted: a regular file (opened without following a symlink or blocking on a FIFO)
     owned by root (or us) that no one else can write, in a directory of the same kind;
-    and of its units only those in ``clients``, the config's list. Never raises."""
+    and of its units only those in ``clients``, the config's list (None: every unit
+    name, for reports that start nothing). Never raises."""
     if not path:
         return (), []
     try:
@@ -356,7 +359,7 @@ def read_stopped_units(path: str, clients: Sequence[str]) -> Tuple[Tuple[str, ..
     units = data.get("units") if isinstance(data, dict) else None
     if not isinstance(units, list):
         return (), [f"stopped-units note {path}: not a note migrestore wrote; ignored"]
-    allowed = [u for u in units if isinstance(u, str) and u in clients]
+    allowed = [u for u in units if isinstance(u, str) and (clients is None or u in clients)]
     problems = []
     if len(allowed) != len(units):
         problems.append(
