@@ -8,7 +8,9 @@ Rules:
    regular file only), and read up to ``MAX_BYTES``; text is UTF-8 with no NUL byte.
 3. When ``require_secure`` (default: running as root), the config file, a mig-parted
    file it references and the hook executables must be owned by root, not writable by
-   group or others, and in directories only root can change: the daemon runs as root.
+   group or others, and in directories only root can change, including the directory
+   of every symlink on the way to them: the daemon runs as root. (At run time hooks are
+   checked again and executed from the descriptor checked: ``proc.open_trusted``.)
 """
 
 from __future__ import annotations
@@ -128,11 +130,30 @@ def _os_reason(exc: BaseException) -> str:
 
 
 def _unsafe_directory(path: str) -> Optional[str]:
-    """The first directory above ``path`` (symlinks resolved) that someone other than
-    root could use to put another file in its place, or None. Such a directory is not
-    owned by root, or group or others can write it without the sticky bit (a sticky
-    /tmp is safe: only the owner of a root-owned file can rename or remove it)."""
-    current = os.path.dirname(os.path.realpath(path))
+    """The first directory that someone other than root could use to put another file
+    in ``path``'s place, or None: the directories above the file (symlinks resolved),
+    and the directories holding each symlink met on the way to it (a link in a user's
+    directory is the user's to re-point, whatever it points at today). Such a directory
+    is not owned by root, or group or others can write it without the sticky bit (a
+    sticky /tmp is safe: only the owner of a root-owned file can rename or remove it)."""
+    found = _unsafe_above(os.path.dirname(os.path.realpath(path)))
+    if found is not None:
+        return found
+    current = "/"
+    for part in os.path.abspath(path).split("/"):
+        if not part:
+            continue
+        candidate = os.path.join(current, part)
+        if os.path.islink(candidate):
+            found = _unsafe_above(current)
+            if found is not None:
+                return f"{found} (it holds the symlink {candidate})"
+        current = os.path.realpath(candidate)
+    return None
+
+
+def _unsafe_above(directory: str) -> Optional[str]:
+    current = directory
     while True:
         try:
             info = os.stat(current)

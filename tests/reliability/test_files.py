@@ -444,3 +444,22 @@ def test_status_answers_while_other_processes_keep_changing_the_gpus(
     assert shown.code == 0, shown.err
     assert [gi["profile"] for gi in shown.json()["gpus"][0]["instances"]] == ["7g.80gb"]
     assert rig.converged(cfg)
+
+
+@needs_root
+def test_a_config_reached_through_a_link_in_a_users_directory_is_refused(
+    rig: Rig, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    safe = tmp_path / "etc"
+    safe.mkdir(mode=0o755)
+    real = safe / "migrestore.yaml"
+    real.write_text(layout())
+    real.chmod(0o644)
+    user_dir = tmp_path / "home-user"
+    user_dir.mkdir()
+    (user_dir / "migrestore.yaml").symlink_to(real)
+    os.chown(user_dir, NOBODY, NOBODY)  # the user can re-point the link at another config
+    result = run(capsys, "--simulate", rig.state, "-c", str(user_dir / "migrestore.yaml"), "apply")
+    assert result.code == 78, result.err
+    assert "it holds the symlink" in result.err
+    assert rig.changes() == 0
