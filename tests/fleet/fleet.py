@@ -136,8 +136,15 @@ class Fleet:
         self.known_hosts = workdir / "known_hosts"
         # ssh's ControlPath must stay short (a unix socket path): not under pytest's tmp.
         self.control_dir = Path(f"/tmp/{self.tag}-cp")
+        try:
+            self.make_nodes(gpus)
+        except BaseException:
+            self.stack.close()
+            raise
+
+    def make_nodes(self, gpus: Mapping[str, str]) -> None:
         for index, (name, spec) in enumerate(gpus.items(), 1):
-            node_dir = workdir / name
+            node_dir = self.workdir / name
             node_dir.mkdir(parents=True, exist_ok=True)
             self.stack.callback(self.timed, f"{name} rootfs removed")
             self.stack.callback(shutil.rmtree, node_dir / "root", True)
