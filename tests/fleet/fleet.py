@@ -207,7 +207,8 @@ class Fleet:
             c.setup(["systemctl", "enable", "ssh.service"])
             self.stack.callback(self.timed, f"{node.name} powered off")
             self.stack.enter_context(c)
-            c.boot()
+            # Generous: three nodes boot on a machine that may be busy with other tests.
+            c.boot(timeout=240)
             c.wait_unit("ssh.service", ("active",))
             c.wait_unit(n.UNIT, ("active",))
         self.known_hosts.write_text("".join(known))
