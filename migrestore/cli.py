@@ -12,12 +12,13 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from migrestore import __version__
 from migrestore.errors import (
@@ -203,6 +204,29 @@ def _logger(args: argparse.Namespace) -> Any:
     return logs.get_logger()
 
 
+@contextlib.contextmanager
+def _session(args: argparse.Namespace) -> Iterator[Any]:
+    """An NVML session on the backend the edge chooses. A shutdown that fails after the
+    command's work is done (a verified apply, a status read) is a warning: it changes
+    nothing on the GPUs, so it does not turn success into failure."""
+    from migrestore import backend
+    from migrestore.errors import NvmlError
+    from migrestore.nvml import Nvml
+
+    nv = Nvml(backend.choose(_simulate(args)))
+    nv.open()
+    try:
+        yield nv
+    except BaseException:
+        with contextlib.suppress(MigrestoreError):
+            nv.close()
+        raise
+    try:
+        nv.close()
+    except NvmlError as exc:
+        sys.stderr.write(f"migrestore: warning: {exc} (after the work was done; nothing lost)\n")
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
@@ -225,11 +249,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from migrestore import backend, render
     from migrestore.errors import NvmlError
     from migrestore.lock import GpuLock
-    from migrestore.nvml import VANISHED, Nvml
+    from migrestore.nvml import VANISHED
 
     if args.check:
         return _check(args)
-    with Nvml(backend.choose(_simulate(args))) as nv:
+    with _session(args) as nv:
         try:
             observed = nv.observe()
         except NvmlError as exc:
@@ -259,12 +283,11 @@ def _check(args: argparse.Namespace) -> int:
     from migrestore import backend, engine, health, metrics, publish, statefile
     from migrestore import config as configmod
     from migrestore.errors import DriverUnavailable
-    from migrestore.nvml import Nvml
 
     facts: Dict[str, Any] = {}
     state_path = backend.state_path(_simulate(args))
     try:
-        with Nvml(backend.choose(_simulate(args))) as nv:
+        with _session(args) as nv:
             observed = nv.observe(devices=False)
     except DriverUnavailable as exc:
         facts["driver_error"] = str(exc)
@@ -297,10 +320,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from migrestore import backend, render
-    from migrestore.nvml import Nvml
+    from migrestore import render
 
-    with Nvml(backend.choose(_simulate(args))) as nv:
+    with _session(args) as nv:
         observed = nv.observe()
     if args.json:
         _print_json(render.profiles_json(observed))
@@ -356,12 +378,11 @@ def _plan_text(plan: Any) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from migrestore import backend, engine
     from migrestore import config as configmod
-    from migrestore.nvml import Nvml
+    from migrestore import engine
 
     cfg = configmod.load(_config_path(args), args.select)
-    with Nvml(backend.choose(_simulate(args))) as nv:
+    with _session(args) as nv:
         observed = nv.observe()
     plan, _desired = engine.make_plan(cfg, observed, force=args.force)
     if args.json:
@@ -375,12 +396,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from migrestore import backend, engine
     from migrestore import config as configmod
     from migrestore.lock import GpuLock
-    from migrestore.nvml import Nvml
     from migrestore.services import Systemctl
 
     log = _logger(args)
     cfg = configmod.load(_config_path(args), args.select)
-    with Nvml(backend.choose(_simulate(args))) as nv:
+    with _session(args) as nv:
         if args.dry_run:
             plan, _ = engine.make_plan(cfg, nv.observe(), force=args.force)
             sys.stdout.write(_plan_text(plan))
@@ -472,10 +492,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             sys.stdout.write(line + "\n")
         sys.stdout.write(f"{path}: valid for {args.model}\n")
         return EXIT_OK
-    from migrestore import backend
-    from migrestore.nvml import Nvml
 
-    with Nvml(backend.choose(_simulate(args))) as nv:
+    with _session(args) as nv:
         observed = nv.observe()
     plan, _ = engine.make_plan(cfg, observed, force=True)
     changes = len(plan.actions)
@@ -487,11 +505,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from migrestore import backend
     from migrestore import config as configmod
-    from migrestore.nvml import Nvml
 
-    with Nvml(backend.choose(_simulate(args))) as nv:
+    with _session(args) as nv:
         observed = nv.observe()
     sys.stdout.write(configmod.export(observed))
     return EXIT_OK

@@ -14,7 +14,12 @@ Rules:
    the activation status as an int and does not raise when the activation failed, so
    its value is returned by name and never ignored.
 3. Profiles are enumerated by index until ``INVALID_ARGUMENT``, skipping
-   ``NOT_SUPPORTED``; profile IDs (not indices) are what every other call takes.
+   ``NOT_SUPPORTED``; profile IDs (not indices) are what every other call takes. A
+   driver answers ``INVALID_ARGUMENT`` for every index past its table, so the end is
+   confirmed by the next index answering the same; when the table goes on, the index is
+   read again, and a second misleading answer is an ``NvmlError`` (exit 1) naming the
+   GPU, the call and the error, never a shorter table (which would make a valid config
+   look infeasible, exit 78).
 4. IDs are read back, never predicted: a created GI or CI is returned as
    ``nvmlGpuInstanceGetInfo`` / ``nvmlComputeInstanceGetInfo`` report it.
 5. What cannot change is read once per session: the GPU list and identities, and per
@@ -722,15 +727,23 @@ class Nvml:
 
     def _read_table(self, gpu: _Gpu) -> Tuple[GiProfile, ...]:
         profiles: List[GiProfile] = []
+
+        def read(i: int) -> Any:
+            return pynvml.nvmlDeviceGetGpuInstanceProfileInfo(gpu.handle, i)
+
         for index in range(MAX_PROFILE_INDEX):
+            what = f"{gpu.label}: read GI profile index {index}"
             try:
-                info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(gpu.handle, index)
+                info = read(index)
             except pynvml.NVMLError as err:
                 if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
                     continue
                 if _code(err) == pynvml.NVML_ERROR_INVALID_ARGUMENT:
-                    break
-                raise _translate(err, f"{gpu.label}: read GI profile index {index}") from err
+                    info = _past_the_end(read, index, what)
+                    if info is None:
+                        break
+                else:
+                    raise _translate(err, what) from err
             name = _profile_name(info.name)
             profile_id = int(info.id)
             what = f"{gpu.label}: read the placements of GI profile {name} (ID {profile_id})"
@@ -797,18 +810,25 @@ class Nvml:
         gi_profile = self._gi_profile(gpu, gi_profile_id)
         gi_name = gi_profile.name if gi_profile is not None else f"profile {gi_profile_id}"
         read: List[CiProfile] = []
+
+        def read_ci(i: int) -> Any:
+            return pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                gi, i, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+            )
+
         for index in range(MAX_PROFILE_INDEX):
+            what = f"{gpu.label}: read CI profile index {index} in a GI of {gi_name}"
             try:
-                info = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                    gi, index, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
-                )
+                info = read_ci(index)
             except pynvml.NVMLError as err:
                 if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
                     continue
                 if _code(err) == pynvml.NVML_ERROR_INVALID_ARGUMENT:
-                    break
-                what = f"{gpu.label}: read CI profile index {index} in a GI of {gi_name}"
-                raise _translate(err, what) from err
+                    info = _past_the_end(read_ci, index, what)
+                    if info is None:
+                        break
+                else:
+                    raise _translate(err, what) from err
             name = _profile_name(info.name)
             what = f"{gpu.label}: read the placements of CI profile {name} in a GI of {gi_name}"
             placements = _placements(
@@ -835,6 +855,24 @@ class Nvml:
     def _gi_handle(self, gpu: _Gpu, gi_id: int, doing: str) -> Any:
         with _nvml(f"{gpu.label}: {doing}: find GI {gi_id}"):
             return pynvml.nvmlDeviceGetGpuInstanceById(gpu.handle, gi_id)
+
+
+def _past_the_end(read: Callable[[int], Any], index: int, what: str) -> Any:
+    """After ``INVALID_ARGUMENT`` at ``index``: None when the table ends there (the next
+    index answers the same), else the profile at ``index`` read again (rule 3).
+
+    Raises:
+        NvmlError: the table goes on but ``index`` fails again.
+    """
+    try:
+        read(index + 1)
+    except pynvml.NVMLError as err:
+        if _code(err) == pynvml.NVML_ERROR_INVALID_ARGUMENT:
+            return None
+    try:
+        return read(index)
+    except pynvml.NVMLError as err:
+        raise _translate(err, f"{what} (the indices after it answer)") from err
 
 
 def _placements(
