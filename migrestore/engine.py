@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 from migrestore import config as configmod
 from migrestore import planner
 from migrestore.errors import InfeasibleError, MigrestoreError
-from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
+from migrestore.model import Config, GpuState, Plan, Reset, ResetPolicy, RunResult
 from migrestore.nvml import Nvml
 
 if TYPE_CHECKING:
@@ -53,6 +53,11 @@ class Outcome:
     @property
     def converged_before(self) -> bool:
         return self.plan.converged
+
+    @property
+    def result(self) -> RunResult:
+        """CONVERGED: nothing needed changing; APPLIED: changed and verified."""
+        return RunResult.CONVERGED if self.plan.converged else RunResult.APPLIED
 
     def summary(self) -> str:
         """The one-line STATUS= text."""
@@ -97,7 +102,7 @@ def driver_of(nv: Optional[Nvml]) -> Optional[str]:
 
 
 def state_document(
-    result: str,
+    result: RunResult,
     message: str,
     observed: Tuple[GpuState, ...],
     *,
@@ -142,7 +147,7 @@ def make_plan(
     desired = configmod.resolve(cfg, observed)
     try:
         plan = planner.plan(
-            desired, observed, force=force, allow_reset=cfg.ampere_reset == RESET_ALLOW
+            desired, observed, force=force, allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW
         )
     except InfeasibleError as exc:
         if exc.where:
@@ -281,7 +286,7 @@ def converge(
                 "clients_not_managed", outcome="systemd is not running: no client unit to stop"
             )
         say(f"applying {len(plan.actions)} changes")
-        resets = sum(1 for a in plan.actions if a.kind == RESET)
+        resets = sum(1 for a in plan.actions if isinstance(a, Reset))
         more_time(APPLY_BUDGET + RESET_BUDGET * resets)
         result = executor.execute(
             nv,
@@ -289,7 +294,7 @@ def converge(
             desired,
             before,
             log=log,
-            allow_reset=cfg.ampere_reset == RESET_ALLOW,
+            allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
         )
     finally:
         # On success, on every error and on an interrupt (Ctrl-C): exactly the units
@@ -303,7 +308,7 @@ def converge(
         more_time(sum(h.timeout for h in cfg.hooks) + 30)
         changed = tuple(sorted({a.gpu for a in plan.actions}))
         env = hooks.result_environment(
-            "applied", f"{result.changes} NVML changes", state_path, cfg.path, changed
+            RunResult.APPLIED.value, f"{result.changes} NVML changes", state_path, cfg.path, changed
         )
         failures = tuple(hooks.run_hooks(cfg.hooks, log, env))
     cdi_error = hooks.refresh_cdi(log)
