@@ -148,6 +148,7 @@ class GpuIdentity:
     name: str  # "NVIDIA H100 80GB HBM3"
     architecture: str  # ARCH_* (lower case), or "unknown"
     mig_capable: bool
+    pci_subsystem_id: int = 0  # e.g. 0x16C010DE (subsystem device, vendor); 0: not read
 
     @property
     def resets_for_mode(self) -> bool:
@@ -228,6 +229,9 @@ class InstanceSpec:
     profile: str  # GI profile name
     placement: Optional[int] = None  # start slice, or None: the solver chooses
     compute: Tuple[str, ...] = ()  # CI profile names; () = one CI covering the GI
+    # Where the config wrote it (line and key path), for messages; not part of its value.
+    line: Optional[int] = field(default=None, compare=False)
+    key: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

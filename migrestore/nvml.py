@@ -240,6 +240,7 @@ class _Gpu:
     pci_device_id: int
     name: str
     architecture: str
+    pci_subsystem_id: int = 0
     # the GI profile table (without CI lists), for the MIG mode it was read in
     table_mode: Optional[bool] = None
     gi_profiles: Tuple[GiProfile, ...] = ()
@@ -552,6 +553,7 @@ class Nvml:
             pci_device_id=int(pci.pciDeviceId),
             name=name,
             architecture=arch,
+            pci_subsystem_id=int(pci.pciSubSystemId),
         )
 
     def _gpu(self, uuid: str) -> _Gpu:
@@ -590,6 +592,7 @@ class Nvml:
             name=gpu.name,
             architecture=gpu.architecture,
             mig_capable=capable,
+            pci_subsystem_id=gpu.pci_subsystem_id,
         )
         if not capable:
             return GpuState(identity, False, False, (), ())

@@ -10,6 +10,7 @@ import fnmatch
 from typing import List
 
 from migrestore import placement, tables
+from migrestore.config import check_rule, parse_device_filter
 from migrestore.errors import InfeasibleError
 from migrestore.model import Config, Rule, Selector
 
@@ -19,7 +20,12 @@ def _may_match(selector: Selector, table: tables.ModelTable) -> bool:
     if selector.kind == "model":
         return any(fnmatch.fnmatchcase(table.nvml_name, v) for v in selector.values)
     if selector.kind == "device-id":
-        return any(int(str(v), 0) == table.pci_device_id for v in selector.values)
+        # The subsystem id of a model is not in its table: a filter naming one may match.
+        return any(
+            (found := parse_device_filter(v.strip())) is not None
+            and found[0] == table.pci_device_id
+            for v in selector.values
+        )
     return True
 
 
@@ -47,6 +53,7 @@ def against_model(cfg: Config, model_name: str) -> List[str]:
             lines.append(f"{where}: MIG off")
             continue
         source = spec.source or (f"{cfg.path}:{rule.line}" if rule.line else cfg.path)
+        check_rule(cfg, rule, table.profiles, f"model {model_name} (bundled table)")
         try:
             solved = placement.solve_gis(gpu, table.profiles, (), spec.instances)
         except InfeasibleError as exc:

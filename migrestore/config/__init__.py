@@ -23,9 +23,9 @@ Rules:
 from __future__ import annotations
 
 from migrestore.config.exporter import export
-from migrestore.config.fields import normalize_bus_id
+from migrestore.config.fields import known_profile_names, normalize_bus_id, parse_device_filter
 from migrestore.config.files import MAX_BYTES, load
-from migrestore.config.matching import matches, resolve
+from migrestore.config.matching import check_rule, matches, resolve, unknown_profile_names
 from migrestore.config.migparted import MIG_PARTED_VERSION
 from migrestore.config.native import NATIVE_VERSION, SELECTOR_KINDS
 from migrestore.config.parsing import parse
@@ -37,10 +37,14 @@ __all__ = [
     "MIG_PARTED_VERSION",
     "NATIVE_VERSION",
     "SELECTOR_KINDS",
+    "check_rule",
     "export",
+    "known_profile_names",
     "load",
     "matches",
     "normalize_bus_id",
     "parse",
+    "parse_device_filter",
     "resolve",
+    "unknown_profile_names",
 ]

@@ -14,11 +14,9 @@ Rules:
 
 from __future__ import annotations
 
-import fnmatch
-import functools
 import re
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Optional, Sequence, Tuple
 
 import yaml
 
@@ -31,7 +29,7 @@ from migrestore.config.yaml_strict import (
     read_str,
     sub_key,
 )
-from migrestore.model import GiProfile, InstanceSpec, Selector
+from migrestore.model import InstanceSpec
 
 MAX_COUNT = 64  # instances of one profile in one rule (a GPU holds at most 8 GIs)
 MAX_SLICE = 63  # placement starts (memory slices or placement units)
@@ -71,109 +69,33 @@ def split_profile(name: str) -> Optional[ProfileName]:
     return ProfileName(gi=gi, gi_slices=g, ci=ci, ci_slices=c)
 
 
-@dataclass(frozen=True)
-class ModelProfiles:
-    name: str
-    nvml_name: str
-    pci_device_id: int
-    profiles: Dict[str, GiProfile]
-
-    def may_match(self, selectors: Sequence[Selector]) -> bool:
-        """Whether a GPU of this model can match every selector (index, uuid and bus
-        id selectors can match any model)."""
-        for selector in selectors:
-            if selector.kind == "model" and not any(
-                fnmatch.fnmatchcase(self.nvml_name, v) for v in selector.values
-            ):
-                return False
-            if selector.kind == "device-id" and not any(
-                int(v, 16) == self.pci_device_id for v in selector.values
-            ):
-                return False
-        return True
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """What the bundled tables say about profile names."""
-
-    gi_names: FrozenSet[str]
-    models: Tuple[ModelProfiles, ...]
-    ci_names: Dict[str, FrozenSet[str]]  # GI name -> CI names some table lists for it
-    device_ids: FrozenSet[int]
-
-
-@functools.lru_cache(maxsize=1)
-def catalog() -> Catalog:
-    models = tables.load_models()
-    per_model = tuple(
-        ModelProfiles(
-            name=name,
-            nvml_name=table.nvml_name,
-            pci_device_id=table.pci_device_id,
-            profiles={p.name: p for p in table.profiles},
-        )
-        for name, table in sorted(models.items())
-    )
-    ci_names: Dict[str, FrozenSet[str]] = {}
-    for entry in per_model:
-        for gi_name, profile in entry.profiles.items():
-            names = frozenset(ci.name for ci in profile.ci_profiles)
-            if names:
-                ci_names[gi_name] = ci_names.get(gi_name, frozenset()) | names
-    known = frozenset(
-        name
-        for name in tables.known_profile_names()
-        if (split := split_profile(name)) is None or split.full
-    )
-    return Catalog(
-        gi_names=known,
-        models=per_model,
-        ci_names=ci_names,
-        device_ids=frozenset(t.pci_device_id for t in models.values()),
-    )
-
-
-def _closest(name: str, known: FrozenSet[str]) -> str:
-    close = close_matches(name, sorted(known), n=3, cutoff=0.5)
-    if close:
-        return "closest known: " + ", ".join(close)
-    return "'migrestore profiles' lists the profiles of the installed GPUs"
-
-
-def check_gi_known(doc: Doc, node: yaml.Node, key: str, name: str) -> None:
-    known = catalog().gi_names
-    if name not in known:
-        doc.fail(node, key, f"unknown GPU instance profile {name!r}", _closest(name, known))
+def known_profile_names() -> FrozenSet[str]:
+    """The GI and CI profile names some bundled table lists (for warnings only: a name
+    no table knows is fine when the GPU offers it)."""
+    return frozenset(tables.known_profile_names())
 
 
 def gi_profile(doc: Doc, node: yaml.Node, key: str) -> str:
+    """A GI profile name, checked for its grammar only: whether it exists is the
+    answer of the GPUs the rule matches (``offers``)."""
     name = read_str(doc, node, key, "a GPU instance profile name such as 1g.10gb")
     if name.startswith("MIG "):
         doc.fail(node, key, f"{name!r} carries NVML's 'MIG ' prefix", f"write {name[4:]!r}")
     split = split_profile(name)
-    if split is not None and not split.full:
+    if split is None:
+        close = close_matches(name, sorted(known_profile_names()), n=3, cutoff=0.5)
+        fix = "write it as <G>g.<GB>gb[+attr], e.g. 1g.10gb or 1g.10gb+me"
+        if close:
+            fix += "; closest known: " + ", ".join(close)
+        doc.fail(node, key, f"{name!r} is not a GPU instance profile name", fix)
+    if not split.full:
         doc.fail(
             node,
             key,
             f"{name!r} is a compute-instance profile, not a GPU instance profile",
             f"write 'profile: {split.gi}' with 'compute: [{name}]'",
         )
-    if split is not None:
-        name = split.gi
-    check_gi_known(doc, node, key, name)
-    return name
-
-
-def check_ci_known(doc: Doc, node: yaml.Node, key: str, split: ProfileName) -> None:
-    listed = catalog().ci_names.get(split.gi)
-    if listed and split.ci not in listed:
-        doc.fail(
-            node,
-            key,
-            f"unknown compute-instance profile {split.ci!r}",
-            f"a {split.gi} GI offers: {', '.join(sorted(listed))}",
-        )
+    return split.gi
 
 
 UUID_RE = re.compile(r"GPU-[0-9A-Za-z][0-9A-Za-z-]*")
@@ -181,7 +103,52 @@ _BUS_ID = re.compile(
     r"(?:(?P<domain>[0-9A-Fa-f]{1,8}):)?(?P<bus>[0-9A-Fa-f]{1,2}):"
     r"(?P<device>[0-9A-Fa-f]{1,2})\.(?P<function>[0-7])"
 )
-DEVICE_ID_RE = re.compile(r"0[xX](?P<hex>[0-9A-Fa-f]{1,8})")
+# Go's strconv.ParseUint(s, 0, 32), which mig-parted reads device filters with.
+_GO_UINT = (
+    (re.compile(r"0[xX]_?[0-9A-Fa-f]+(?:_[0-9A-Fa-f]+)*"), 16, 2),
+    (re.compile(r"0[bB]_?[01]+(?:_[01]+)*"), 2, 2),
+    (re.compile(r"0[oO]_?[0-7]+(?:_[0-7]+)*"), 8, 2),
+    (re.compile(r"0_?[0-7]+(?:_[0-7]+)*"), 8, 1),
+    (re.compile(r"[1-9](?:_?[0-9])*|0"), 10, 0),
+)
+
+
+def _go_uint32(text: str) -> Optional[int]:
+    for pattern, base, skip in _GO_UINT:
+        if pattern.fullmatch(text):
+            value = int(text[skip:].replace("_", ""), base)
+            return value if value <= 0xFFFFFFFF else None
+    return None
+
+
+def parse_device_filter(text: str) -> Optional[Tuple[int, Optional[int]]]:
+    """A device filter as mig-parted reads it: ``<device><vendor>`` with an optional
+    ``:<subsystem device><subsystem vendor>``, each a 32-bit number (``0x233010DE``).
+    None when it is malformed: mig-parted then matches no GPU with it."""
+    parts = text.split(":")
+    if len(parts) > 2:
+        return None
+    primary = _go_uint32(parts[0])
+    if primary is None:
+        return None
+    if len(parts) == 1:
+        return primary, None
+    subsystem = _go_uint32(parts[1])
+    return None if subsystem is None else (primary, subsystem)
+
+
+def device_filter_matches(text: str, device_id: int, subsystem_id: int) -> bool:
+    """mig-parted's match: the device id, and the subsystem id when the filter has one."""
+    parsed = parse_device_filter(text)
+    if parsed is None:
+        return False
+    primary, subsystem = parsed
+    return primary == device_id and (subsystem is None or subsystem == subsystem_id)
+
+
+def format_device_filter(primary: int, subsystem: Optional[int]) -> str:
+    text = f"0x{primary:08X}"
+    return text if subsystem is None else f"{text}:0x{subsystem:08X}"
 
 
 def normalize_bus_id(text: str) -> Optional[str]:
@@ -198,26 +165,23 @@ def normalize_bus_id(text: str) -> Optional[str]:
 
 
 def read_device_id(doc: Doc, node: yaml.Node, key: str) -> str:
+    """A native ``device-id`` selector: ``0x233010DE``, or with the subsystem
+    ``0x233010DE:0x16C010DE``; normalised to upper-case 8-digit hex."""
     value = read_scalar(doc, node, key)
-    fix = 'write the PCI device ID as 8 hex digits, e.g. "0x233010DE", as nvidia-smi -q prints it'
+    fix = (
+        'write the PCI device ID as 8 hex digits, e.g. "0x233010DE" (with the subsystem: '
+        '"0x233010DE:0x16C010DE"), as nvidia-smi -q prints it'
+    )
     if isinstance(value, int) and not isinstance(value, bool):
         if not 0 <= value <= 0xFFFFFFFF:
             doc.fail(node, key, f"{node.value} is not a 32-bit PCI device ID", fix)
-        return f"0x{value:08X}"
+        return format_device_filter(value, None)
     if not isinstance(value, str):
         doc.fail(node, key, f"expected a PCI device ID, got {kind_of(node)}", fix)
-    text = value.strip()
-    if ":" in text and all(DEVICE_ID_RE.fullmatch(part) for part in text.split(":")):
-        doc.fail(
-            node,
-            key,
-            f"{value!r} carries a subsystem ID, which migrestore cannot observe",
-            "match on the device ID alone, or select the GPUs by uuid or pci-bus-id",
-        )
-    found = DEVICE_ID_RE.fullmatch(text)
-    if found is None:
+    parsed = parse_device_filter(value.strip())
+    if parsed is None:
         doc.fail(node, key, f"{value!r} is not a PCI device ID", fix)
-    return f"0x{int(found.group('hex'), 16):08X}"
+    return format_device_filter(*parsed)
 
 
 @dataclass(frozen=True)
@@ -230,55 +194,8 @@ class Wanted:
     placement_node: Optional[yaml.Node] = None
 
 
-def _slices(start: int, size: int) -> str:
-    return f"slice {start}" if size == 1 else f"slices {start}-{start + size - 1}"
-
-
-def _placement_problem(
-    model: ModelProfiles, wanted: Sequence[Wanted]
-) -> Optional[Tuple[Wanted, str, str]]:
-    """Why the explicit placements of one rule cannot exist on ``model`` (or None)."""
-    taken: List[Tuple[Wanted, int, int]] = []  # (wanted, start, size)
-    for item in wanted:
-        start = item.spec.placement
-        if start is None:
-            continue
-        profile = model.profiles[item.spec.profile]
-        sizes = {p.start: p.size for p in profile.placements}
-        if start not in sizes:
-            valid = ", ".join(str(s) for s in sorted(sizes)) or "none"
-            return (
-                item,
-                f"{profile.name} cannot start at slice {start}",
-                f"valid starts: {valid}",
-            )
-        size = sizes[start]
-        for other, other_start, other_size in taken:
-            if other_start < start + size and start < other_start + other_size:
-                return (
-                    item,
-                    f"{profile.name} at {start} ({_slices(start, size)}) overlaps "
-                    f"{other.spec.profile} at {other_start} ({_slices(other_start, other_size)}) "
-                    f"of {other.key}",
-                    "choose starts that do not overlap, or omit placement to let migrestore choose",
-                )
-        taken.append((item, start, size))
-    return None
-
-
-def check_layout(
-    doc: Doc,
-    node: yaml.Node,
-    key: str,
-    wanted: Sequence[Wanted],
-    selectors: Sequence[Selector],
-) -> None:
-    """Rule-level checks against the bundled tables: one model offers every profile of
-    the rule, no profile is wanted more often than that model allows, and explicit
-    placements are valid starts that do not overlap. The models are those the rule's
-    model and device-id selectors can match, when the tables have any of them."""
-    if not wanted:
-        return
+def check_placements_unique(doc: Doc, wanted: Sequence[Wanted]) -> None:
+    """No start slice is given twice for one profile in one rule (whatever the GPU)."""
     seen: Dict[Tuple[str, int], Wanted] = {}
     for item in wanted:
         if item.spec.placement is None:
@@ -292,35 +209,3 @@ def check_layout(
                 "each instance needs its own start slice",
             )
         seen[pair] = item
-    names: List[str] = []
-    for item in wanted:
-        if item.spec.profile not in names:
-            names.append(item.spec.profile)
-    models = [m for m in catalog().models if all(n in m.profiles for n in names)]
-    models = [m for m in models if m.may_match(selectors)] or models
-    if not models:
-        doc.fail(
-            node,
-            key,
-            f"no known GPU model offers all of {', '.join(names)}",
-            "the profiles of one rule must exist on one GPU model; write one rule per model",
-        )
-    counts: Dict[str, int] = {}
-    for item in wanted:
-        name = item.spec.profile
-        counts[name] = counts.get(name, 0) + 1
-        limit = max(m.profiles[name].max for m in models)
-        if counts[name] > limit:
-            doc.fail(
-                item.node,
-                item.key,
-                f"{counts[name]} instances of {name}, but a GPU holds at most {limit}",
-                "lower the count",
-            )
-    if not any(item.spec.placement is not None for item in wanted):
-        return
-    problems = [_placement_problem(m, wanted) for m in models]
-    if any(p is None for p in problems):
-        return
-    item, problem, fix = next(p for p in problems if p is not None)
-    doc.fail(item.placement_node or item.node, sub_key(item.key, "placement"), problem, fix)

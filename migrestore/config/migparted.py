@@ -24,15 +24,10 @@ from migrestore.config.fields import (
     MAX_COUNT,
     MAX_INDEX,
     ProfileName,
-    Wanted,
-    catalog,
-    check_ci_known,
-    check_gi_known,
-    check_layout,
-    read_device_id,
     split_profile,
 )
 from migrestore.config.yaml_strict import (
+    NULL,
     STR,
     Doc,
     Entries,
@@ -46,7 +41,6 @@ from migrestore.config.yaml_strict import (
     read_bool,
     read_int,
     read_mapping,
-    read_one_or_list,
     read_scalar,
     read_seq,
     read_str,
@@ -109,8 +103,32 @@ class _MpEntry:
     selectors: Tuple[Selector, ...]
     enabled: bool
     devices: Tuple[Tuple[str, int, yaml.Node], ...]  # (profile name, count > 0, key node)
-    filtered: bool  # has a device-filter
-    device_ids: Tuple[int, ...]
+
+
+_NOTHING = Selector("index", ())  # devices: [] -- mig-parted matches no GPU
+
+
+def _device_filter(doc: Doc, node: yaml.Node, key: str) -> Optional[Selector]:
+    """mig-parted's ``device-filter``: a string or a list of strings. ``""`` and ``[]``
+    filter nothing (None). A string mig-parted cannot read as a device id is kept: it
+    matches no GPU, as in mig-parted. A YAML number is refused, as mig-parted refuses it."""
+    fix = 'quote it: device-filter: "0x233010DE"'
+    if isinstance(node, yaml.SequenceNode):
+        items = [(item, at_index(key, i)) for i, item in enumerate(read_seq(doc, node, key))]
+    else:
+        items = [(node, key)]
+    values: List[str] = []
+    for item, item_key in items:
+        if not isinstance(item, yaml.ScalarNode) or item.tag != STR:
+            doc.fail(item, item_key, f"expected a quoted device id, got {kind_of(item)}", fix)
+        text = str(item.value)
+        if text == "" and not isinstance(node, yaml.SequenceNode):
+            return None
+        if text not in values:
+            values.append(text)
+    if not values:
+        return None
+    return Selector("device-id", tuple(values))
 
 
 def _mp_entry(doc: Doc, node: yaml.Node, key: str) -> _MpEntry:
@@ -131,31 +149,25 @@ def _mp_entry(doc: Doc, node: yaml.Node, key: str) -> _MpEntry:
             doc.fail(dnode, dkey, f"expected 'all' or a list of GPU indexes, got {kind_of(dnode)}")
         selectors.append(Selector("all"))
     else:
-        items = read_seq(doc, dnode, dkey, "'all' or a list of GPU indexes")
-        if not items:
-            doc.fail(dnode, dkey, "an empty list matches no GPU", "list GPU indexes, or write all")
         indexes: List[str] = []
-        for i, item in enumerate(items):
+        for i, item in enumerate(read_seq(doc, dnode, dkey, "'all' or a list of GPU indexes")):
             value = str(read_int(doc, item, at_index(dkey, i), 0, MAX_INDEX))
             if value not in indexes:
                 indexes.append(value)
-        selectors.append(Selector("index", tuple(indexes)))
-    device_ids: List[int] = []
+        selectors.append(Selector("index", tuple(indexes)) if indexes else _NOTHING)
     if "device-filter" in entries:
-        fkey = sub_key(key, "device-filter")
-        values: List[str] = []
-        for item, item_key in read_one_or_list(doc, entries["device-filter"][1], fkey):
-            value = read_device_id(doc, item, item_key)
-            if value not in values:
-                values.append(value)
-                device_ids.append(int(value, 16))
-        selectors.append(Selector("device-id", tuple(values)))
+        found = _device_filter(doc, entries["device-filter"][1], sub_key(key, "device-filter"))
+        if found is not None:
+            selectors.append(found)
     enabled = read_bool(doc, entries["mig-enabled"][1], sub_key(key, "mig-enabled"))
     devices: List[Tuple[str, int, yaml.Node]] = []
     mkey = sub_key(key, "mig-devices")
-    if "mig-devices" in entries:
-        mnode = entries["mig-devices"][1]
-        for name, (knode, vnode) in read_mapping(doc, mnode, mkey).items():
+    mnode = entries["mig-devices"][1] if "mig-devices" in entries else None
+    if mnode is not None and isinstance(mnode, yaml.ScalarNode) and mnode.tag == NULL:
+        mnode = None  # "mig-devices:" with nothing: null, as mig-parted's own writer puts it
+    if mnode is not None:
+        counts = read_mapping(doc, mnode, mkey)
+        for name, (knode, vnode) in counts.items():
             pkey = sub_key(mkey, name)
             if split_profile(name) is None:
                 doc.fail(
@@ -167,6 +179,13 @@ def _mp_entry(doc: Doc, node: yaml.Node, key: str) -> _MpEntry:
             count = read_int(doc, vnode, pkey, 0, MAX_COUNT)
             if count:
                 devices.append((name, count, knode))
+        if counts and not devices:
+            doc.fail(
+                mnode,
+                mkey,
+                "every count is 0 (mig-parted refuses this)",
+                "give a profile a count above 0, or write mig-devices: {} for MIG on with no instances",
+            )
         if not enabled and devices:
             doc.fail(
                 mnode,
@@ -176,9 +195,9 @@ def _mp_entry(doc: Doc, node: yaml.Node, key: str) -> _MpEntry:
             )
     elif enabled:
         doc.fail(
-            node,
+            entries["mig-devices"][1] if "mig-devices" in entries else node,
             mkey,
-            "missing: mig-enabled: true needs mig-devices",
+            "missing: mig-enabled: true needs mig-devices (null is none)",
             "list the devices, or write mig-devices: {} for MIG on with no instances",
         )
     return _MpEntry(
@@ -187,28 +206,23 @@ def _mp_entry(doc: Doc, node: yaml.Node, key: str) -> _MpEntry:
         selectors=tuple(selectors),
         enabled=enabled,
         devices=tuple(devices),
-        filtered="device-filter" in entries,
-        device_ids=tuple(device_ids),
     )
 
 
-def _mp_instances(doc: Doc, entry: _MpEntry) -> List[Wanted]:
+def _mp_instances(entry: _MpEntry) -> List[InstanceSpec]:
     """mig-devices -> GIs. A GI-level name is one GI with its default CI; CI-level names
     of one GI profile are packed first-fit (largest first) into as few GIs as fit, as
     mig-parted keeps adding CIs to the GI it created last until that GI is full."""
-    checked = not entry.filtered or any(d in catalog().device_ids for d in entry.device_ids)
-    out: List[Wanted] = []
+    out: List[InstanceSpec] = []
     cis: Dict[str, List[Tuple[ProfileName, yaml.Node]]] = {}  # GI name -> CIs, file order
+    mkey = sub_key(entry.key, "mig-devices")
     for name, count, knode in entry.devices:
-        key = sub_key(sub_key(entry.key, "mig-devices"), name)
         split = split_profile(name)
         if split is None:  # _mp_entry checked the grammar
             continue
-        if checked:
-            check_gi_known(doc, knode, key, split.gi)
-            check_ci_known(doc, knode, key, split)
         if split.full:
-            out.extend(Wanted(InstanceSpec(profile=split.gi), knode, key) for _ in range(count))
+            spec = InstanceSpec(profile=split.gi, line=node_line(knode), key=sub_key(mkey, name))
+            out.extend([spec] * count)
         else:
             cis.setdefault(split.gi, []).extend([(split, knode)] * count)
     for gi, singles in cis.items():
@@ -222,11 +236,14 @@ def _mp_instances(doc: Doc, entry: _MpEntry) -> List[Wanted]:
             else:
                 packed.append([(split, knode)])
         for group in packed:
-            key = sub_key(sub_key(entry.key, "mig-devices"), group[0][0].ci)
-            spec = InstanceSpec(profile=gi, compute=tuple(s.ci for s, _ in group))
-            out.append(Wanted(spec, group[0][1], key))
-    if checked:
-        check_layout(doc, entry.node, sub_key(entry.key, "mig-devices"), out, entry.selectors)
+            out.append(
+                InstanceSpec(
+                    profile=gi,
+                    compute=tuple(s.ci for s, _ in group),
+                    line=node_line(group[0][1]),
+                    key=sub_key(mkey, group[0][0].ci),
+                )
+            )
     return out
 
 
@@ -281,11 +298,11 @@ def mig_parted_rules(
         )
     rules: List[Rule] = []
     for entry in parsed[select]:
-        wanted = _mp_instances(doc, entry) if entry.enabled else []
+        wanted = _mp_instances(entry) if entry.enabled else []
         line = node_line(entry.node)
         spec = GpuSpec(
             mig=entry.enabled,
-            instances=tuple(w.spec for w in wanted),
+            instances=tuple(wanted),
             source=f"{doc.path}:{line}",
         )
         rules.append(Rule(match=entry.selectors, spec=spec, line=line))

@@ -27,8 +27,7 @@ from migrestore.config.fields import (
     MAX_SLICE,
     UUID_RE,
     Wanted,
-    check_ci_known,
-    check_layout,
+    check_placements_unique,
     gi_profile,
     normalize_bus_id,
     read_device_id,
@@ -152,7 +151,6 @@ def _compute(doc: Doc, node: yaml.Node, key: str, gi: str) -> Tuple[str, ...]:
         if split.gi != gi:
             fix = f"write {split.ci_slices}c.{gi}" if split.ci_slices < split.gi_slices else ""
             doc.fail(item, item_key, f"{name!r} is not a compute-instance profile of {gi}", fix)
-        check_ci_known(doc, item, item_key, split)
         gi_slices = split.gi_slices
         used += split.ci_slices
         if used > gi_slices:
@@ -242,7 +240,13 @@ def _instances(doc: Doc, node: yaml.Node, key: str) -> List[Wanted]:
         for where in starts:
             out.append(
                 Wanted(
-                    InstanceSpec(profile=profile, placement=where, compute=compute),
+                    InstanceSpec(
+                        profile=profile,
+                        placement=where,
+                        compute=compute,
+                        line=node_line(entry),
+                        key=ekey,
+                    ),
                     entry,
                     ekey,
                     placement_node,
@@ -370,7 +374,7 @@ def _rule(doc: Doc, node: yaml.Node, key: str) -> Rule:
                 "remove instances, or set mig: true",
             )
         wanted = _instances(doc, vnode, ikey)
-        check_layout(doc, vnode, ikey, wanted, selectors)
+        check_placements_unique(doc, wanted)
     line = node_line(node)
     spec = GpuSpec(
         mig=mig,

@@ -128,6 +128,70 @@ class Doc:
         raise ConfigError(self.path, line, key, problem, fix)
 
 
+def _untab_flow(doc: Doc, text: str) -> str:
+    """``text`` with the tabs YAML's flow style (and so JSON) allows as whitespace turned
+    into spaces, which PyYAML's scanner cannot read; a tab in block indentation is an
+    error (its width is up to the editor). Quoted scalars and comments are left as they
+    are, and a tab between two characters of a plain scalar is left for the YAML reader
+    to refuse. One character for one character: lines and columns do not move."""
+    if "\t" not in text:
+        return text
+    out = list(text)
+    depth = 0  # open flow collections
+    quote = ""
+    prev = "\n"  # the last character that is not blank on this line; newline at a start
+    number = 1
+    i, size = 0, len(text)
+    while i < size:
+        c = text[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 2
+                continue
+            if c == "\n":
+                number += 1
+            elif c == quote:
+                if quote == "'" and text[i + 1 : i + 2] == "'":
+                    i += 2
+                    continue
+                quote, prev = "", c
+            i += 1
+            continue
+        if c == "\n":
+            number, prev = number + 1, "\n"
+            i += 1
+            continue
+        if c in " \t":
+            end = i
+            while end < size and text[end] in " \t":
+                end += 1
+            if "\t" in text[i:end]:
+                after = text[end] if end < size else "\n"
+                if depth == 0 and prev == "\n":
+                    doc.fail_line(number, "", "a tab in the indentation", "indent with spaces only")
+                separates = prev in "\n[]{},:\"'" or after in "\n]},:#[{\"'"
+                if depth > 0 and separates:
+                    for k in range(i, end):
+                        out[k] = " "
+            i = end
+            continue
+        blank_before = i == 0 or text[i - 1] in " \t\n"
+        if c == "#" and blank_before:
+            while i < size and text[i] != "\n":
+                i += 1
+            continue
+        opens = blank_before or prev in "[{," or (depth > 0 and prev == ":")
+        if c in "\"'" and opens:
+            quote = c
+        elif c in "[{" and opens:
+            depth += 1
+        elif c in "]}" and depth > 0:
+            depth -= 1
+        prev = c
+        i += 1
+    return "".join(out)
+
+
 def compose(doc: Doc, text: str) -> yaml.Node:
     """The node tree of ``text``, or a ConfigError; never a library exception."""
     nul = text.find("\x00")
@@ -138,10 +202,7 @@ def compose(doc: Doc, text: str) -> yaml.Node:
             "contains a NUL byte: this is not a text file",
             "write the config as UTF-8 text",
         )
-    for number, row in enumerate(text.split("\n"), 1):
-        indent = row[: len(row) - len(row.lstrip(" \t"))]
-        if "\t" in indent:
-            doc.fail_line(number, "", "a tab in the indentation", "indent with spaces only")
+    text = _untab_flow(doc, text)
     if not text.strip():
         doc.fail_line(
             None,

@@ -335,7 +335,7 @@ class FakeNvmlLibrary:
         info.bus = bus
         info.device = 0
         info.pciDeviceId = engine.table_of(gpu).pci_device_id
-        info.pciSubSystemId = 0
+        info.pciSubSystemId = engine.pci_subsystem_id(gpu)
         info.busId = cabi.fixed_text(gpu.pci_bus_id, cabi.PCI_BUS_ID)
 
     def _architecture(self, txn: Txn, dev: Any, out: Any) -> None:

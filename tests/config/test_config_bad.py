@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pytest
+from _config_support import gpu
 
 from migrestore import config
 from migrestore.errors import EXIT_CONFIG, ConfigError
@@ -385,13 +386,6 @@ CASES = [
         "is not a PCI device ID",
     ),
     (
-        "device-id-subsystem",
-        V + "gpus:\n  - match: {device-id: '0x20B010DE:0x134F10DE'}\n    mig: false\n",
-        3,
-        "gpus[0].match.device-id",
-        "carries a subsystem ID",
-    ),
-    (
         "device-id-too-big",
         V + "gpus:\n  - match: {device-id: 0x1FFFFFFFF}\n    mig: false\n",
         3,
@@ -440,13 +434,6 @@ CASES = [
         6,
         "gpus[0].instances[0].profile",
         "missing required key",
-    ),
-    (
-        "profile-unknown",
-        one_rule("      - {profile: 3g.45gb}\n"),
-        6,
-        "gpus[0].instances[0].profile",
-        "unknown GPU instance profile '3g.45gb' (closest known: ",
     ),
     (
         "profile-mig-prefix",
@@ -498,50 +485,11 @@ CASES = [
         "expected a whole number, got a number",
     ),
     (
-        "count-over-model-max",
-        one_rule("      - {profile: 1g.10gb, count: 8}\n"),
-        6,
-        "gpus[0].instances[0]",
-        "8 instances of 1g.10gb, but a GPU holds at most 7",
-    ),
-    (
-        "count-over-max-split",
-        one_rule("      - {profile: 3g.40gb}\n      - {profile: 3g.40gb, count: 2}\n"),
-        7,
-        "gpus[0].instances[1]",
-        "3 instances of 3g.40gb, but a GPU holds at most 2",
-    ),
-    (
         "placement-negative",
         one_rule("      - {profile: 1g.10gb, placement: -1}\n"),
         6,
         "gpus[0].instances[0].placement",
         "-1 is below the minimum 0",
-    ),
-    (
-        "placement-invalid-start",
-        one_rule("      - {profile: 3g.40gb, placement: 2}\n"),
-        6,
-        "gpus[0].instances[0].placement",
-        "3g.40gb cannot start at slice 2 (valid starts: 0, 4)",
-    ),
-    (
-        "placement-overlap",
-        one_rule(
-            "      - {profile: 3g.40gb, placement: 0}\n      - {profile: 1g.10gb, placement: 3}\n"
-        ),
-        7,
-        "gpus[0].instances[1].placement",
-        "1g.10gb at 3 (slice 3) overlaps 3g.40gb at 0 (slices 0-3) of gpus[0].instances[0]",
-    ),
-    (
-        "placement-overlap-list",
-        one_rule(
-            "      - {profile: 4g.40gb, placement: 0}\n      - {profile: 2g.20gb, count: 2, placement: [4, 2]}\n"
-        ),
-        7,
-        "gpus[0].instances[1].placement",
-        "2g.20gb at 2 (slices 2-3) overlaps 4g.40gb at 0 (slices 0-3)",
     ),
     (
         "placement-twice-list",
@@ -609,32 +557,11 @@ CASES = [
         "need 4 compute slices, a 3g.40gb GI has 3",
     ),
     (
-        "compute-unknown",
-        one_rule("      - {profile: 7g.80gb, compute: [5c.7g.80gb]}\n"),
-        6,
-        "gpus[0].instances[0].compute[0]",
-        "unknown compute-instance profile '5c.7g.80gb'",
-    ),
-    (
         "compute-garbage",
         one_rule("      - {profile: 3g.40gb, compute: [half]}\n"),
         6,
         "gpus[0].instances[0].compute[0]",
         "'half' is not a profile name",
-    ),
-    (
-        "profiles-of-two-models",
-        one_rule("      - {profile: 1g.5gb}\n      - {profile: 3g.40gb}\n"),
-        6,
-        "gpus[0].instances",
-        "no known GPU model offers all of 1g.5gb, 3g.40gb",
-    ),
-    (
-        "placement-invalid-for-selected-model",
-        one_rule("      - {profile: 1g.24gb, placement: 3}\n", '{model: "NVIDIA H100 NVL"}'),
-        6,
-        "gpus[0].instances[0].placement",
-        "1g.24gb cannot start at slice 3 (valid starts: 0, 2, 4, 6)",
     ),
     # --- mig-parted section of a native file
     (
@@ -704,13 +631,6 @@ CASES = [
         "expected 'all' or a list of GPU indexes",
     ),
     (
-        "mp-devices-empty",
-        mp("    - devices: []\n      mig-enabled: false\n"),
-        4,
-        "mig-configs.only[0].devices",
-        "an empty list matches no GPU",
-    ),
-    (
         "mp-no-mig-enabled",
         mp("    - devices: all\n"),
         4,
@@ -744,27 +664,6 @@ CASES = [
         6,
         'mig-configs.only[0].mig-devices."1g.10gb"',
         "-1 is below the minimum 0",
-    ),
-    (
-        "mp-unknown-profile",
-        mp("    - devices: all\n      mig-enabled: true\n      mig-devices:\n        1g.11gb: 1\n"),
-        7,
-        'mig-configs.only[0].mig-devices."1g.11gb"',
-        "unknown GPU instance profile '1g.11gb'",
-    ),
-    (
-        "mp-too-many",
-        mp("    - devices: all\n      mig-enabled: true\n      mig-devices: {1g.10gb: 8}\n"),
-        6,
-        'mig-configs.only[0].mig-devices."1g.10gb"',
-        "8 instances of 1g.10gb, but a GPU holds at most 7",
-    ),
-    (
-        "mp-bad-filter",
-        mp("    - devices: all\n      device-filter: A100\n      mig-enabled: false\n"),
-        5,
-        "mig-configs.only[0].device-filter",
-        "'A100' is not a PCI device ID",
     ),
     (
         "mp-two-labels-no-select",
@@ -833,26 +732,142 @@ def test_bad_selection(
     _check(caught.value, line, key, expected)
 
 
-def test_unknown_profile_names_the_closest_known_ones() -> None:
+# (id, text, simulated model of the GPU the rule matches, line, key, substring)
+OFFER_CASES = [
+    (
+        "profile-unknown",
+        one_rule("      - {profile: 3g.45gb}\n"),
+        "h100-80gb-hbm3",
+        6,
+        "gpus[0].instances[0]",
+        "NVIDIA H100 80GB HBM3) offers no GPU instance profile '3g.45gb'",
+    ),
+    (
+        "count-over-model-max",
+        one_rule("      - {profile: 1g.10gb, count: 8}\n"),
+        "h100-80gb-hbm3",
+        6,
+        "gpus[0].instances[0]",
+        "holds at most 7 instances of 1g.10gb, the rule wants 8",
+    ),
+    (
+        "count-over-max-split",
+        one_rule("      - {profile: 3g.40gb}\n      - {profile: 3g.40gb, count: 2}\n"),
+        "h100-80gb-hbm3",
+        7,
+        "gpus[0].instances[1]",
+        "holds at most 2 instances of 3g.40gb, the rule wants 3",
+    ),
+    (
+        "placement-invalid-start",
+        one_rule("      - {profile: 3g.40gb, placement: 2}\n"),
+        "h100-80gb-hbm3",
+        6,
+        "gpus[0].instances[0]",
+        "cannot start 3g.40gb at slice 2 (valid starts: 0, 4)",
+    ),
+    (
+        "placement-overlap",
+        one_rule(
+            "      - {profile: 3g.40gb, placement: 0}\n      - {profile: 1g.10gb, placement: 3}\n"
+        ),
+        "h100-80gb-hbm3",
+        7,
+        "gpus[0].instances[1]",
+        "cannot hold 1g.10gb at 3 (slice 3): it overlaps 3g.40gb at 0 (slices 0-3) of gpus[0].instances[0]",
+    ),
+    (
+        "placement-overlap-list",
+        one_rule(
+            "      - {profile: 4g.40gb, placement: 0}\n      - {profile: 2g.20gb, count: 2, placement: [4, 2]}\n"
+        ),
+        "h100-80gb-hbm3",
+        7,
+        "gpus[0].instances[1]",
+        "cannot hold 2g.20gb at 2 (slices 2-3): it overlaps 4g.40gb at 0 (slices 0-3)",
+    ),
+    (
+        "compute-unknown",
+        one_rule("      - {profile: 7g.80gb, compute: [5c.7g.80gb]}\n"),
+        "h100-80gb-hbm3",
+        6,
+        "gpus[0].instances[0]",
+        "offers no compute-instance profile '5c.7g.80gb' in a 7g.80gb GI",
+    ),
+    (
+        "profiles-of-two-models",
+        one_rule("      - {profile: 1g.5gb}\n      - {profile: 3g.40gb}\n"),
+        "h100-80gb-hbm3",
+        6,
+        "gpus[0].instances[0]",
+        "offers no GPU instance profile '1g.5gb'",
+    ),
+    (
+        "placement-invalid-for-selected-model",
+        one_rule("      - {profile: 1g.24gb, placement: 3}\n", '{model: "NVIDIA H100 NVL"}'),
+        "h100-nvl-94gb",
+        6,
+        "gpus[0].instances[0]",
+        "cannot start 1g.24gb at slice 3 (valid starts: 0, 2, 4, 6)",
+    ),
+    (
+        "mp-unknown-profile",
+        mp("    - devices: all\n      mig-enabled: true\n      mig-devices:\n        1g.11gb: 1\n"),
+        "h100-80gb-hbm3",
+        7,
+        'mig-configs.only[0].mig-devices."1g.11gb"',
+        "offers no GPU instance profile '1g.11gb'",
+    ),
+    (
+        "mp-too-many",
+        mp("    - devices: all\n      mig-enabled: true\n      mig-devices: {1g.10gb: 8}\n"),
+        "h100-80gb-hbm3",
+        6,
+        'mig-configs.only[0].mig-devices."1g.10gb"',
+        "holds at most 7 instances of 1g.10gb, the rule wants 8",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "line", "key", "expected"),
+    [c[1:] for c in OFFER_CASES],
+    ids=[c[0] for c in OFFER_CASES],
+)
+def test_what_the_gpu_does_not_offer_is_refused_when_matched(
+    text: str, model: str, line: int, key: str, expected: str
+) -> None:
+    """A file is valid when it parses; the profile table of the GPU a rule matches
+    decides whether its names, counts and placements exist (exit 78, naming the GPU)."""
+    cfg = config.parse(text, "bad.yaml")
     with pytest.raises(ConfigError) as caught:
-        config.parse(one_rule("      - {profile: 3g.45gb}\n"), "bad.yaml")
-    assert caught.value.fix.startswith("closest known: ")
-    assert "3g.40gb" in caught.value.fix
+        config.resolve(cfg, (gpu(model, 0),))
+    err = caught.value
+    assert err.exit_code == EXIT_CONFIG
+    assert (err.path, err.line, err.key) == ("bad.yaml", line, key), str(err)
+    assert f"GPU 0 ({gpu(model, 0).uuid}) (" in str(err)
+    assert expected in str(err), str(err)
+    if "offers no" in expected:
+        assert "offers: " in err.fix  # what the GPU offers instead
 
 
-def test_unselected_mig_parted_configs_are_checked_for_structure_only() -> None:
-    # A profile no bundled table knows, in a config that is not selected, is accepted
-    # (mig-parted's shipped files carry every SKU); a structural error there is not.
+def test_unknown_names_are_not_checked_against_the_bundled_tables_at_load() -> None:
+    # mig-parted's shipped files carry every SKU: a profile no bundled table knows is a
+    # valid file; the GPU that rules match answers whether it exists.
     text = (
         "version: v1\nmig-configs:\n"
         "  future: [{devices: all, mig-enabled: true, mig-devices: {1g.23gb: 7}}]\n"
         "  disabled: [{devices: all, mig-enabled: false}]\n"
     )
-    assert config.parse(text, "ok.yaml", "disabled").selected == "disabled"
-    with pytest.raises(ConfigError) as caught:
-        config.parse(text, "ok.yaml", "future")
-    assert caught.value.line == 3
+    assert config.parse(text, "ok.yaml", "future").selected == "future"
     broken = text.replace("mig-enabled: false", "mig-enabled: nope")
     with pytest.raises(ConfigError) as caught:
         config.parse(broken, "bad.yaml", "future")
     assert caught.value.key == "mig-configs.disabled[0].mig-enabled"
+
+
+def test_a_name_that_is_not_a_profile_names_the_closest_known_ones() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.parse(one_rule("      - {profile: 3g.40g}\n"), "bad.yaml")
+    assert "is not a GPU instance profile name" in caught.value.problem
+    assert "3g.40gb" in caught.value.fix

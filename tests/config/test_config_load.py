@@ -331,7 +331,7 @@ def test_missing_referenced_file_names_both_files(tmp_path: Path) -> None:
 
 
 def test_errors_inside_the_referenced_file_name_it(tmp_path: Path) -> None:
-    ref = write(tmp_path / "mp.yaml", MIG_PARTED.replace("1g.10gb: 7", "1g.10gb: 9"))
+    ref = write(tmp_path / "mp.yaml", MIG_PARTED.replace("1g.10gb: 7", "1g.10gb: -1"))
     err = refused(native(tmp_path, ref))
     assert err.path == ref
     assert (err.line, err.key) == (9, 'mig-configs."all-1g.10gb"[0].mig-devices."1g.10gb"')

@@ -9,6 +9,7 @@ import pytest
 from _config_support import gpu
 
 from migrestore import config
+from migrestore.errors import ConfigError
 from migrestore.model import (
     DEFAULT_CLIENTS,
     Config,
@@ -153,20 +154,30 @@ def test_a_single_config_selects_itself() -> None:
 
 
 def test_last_matching_entry_wins_like_mig_parted() -> None:
-    later_specific = mp_file(
-        "    - devices: all\n      mig-enabled: false\n"
+    both_on = mp_file(
+        "    - devices: all\n      mig-enabled: true\n      mig-devices: {7g.40gb: 1}\n"
         "    - devices: [1]\n      mig-enabled: true\n      mig-devices: {1g.5gb: 7}\n"
     )
-    assert shapes(config.parse(later_specific), EIGHT_A100[:3]) == {
-        0: off(),
+    assert shapes(config.parse(both_on), EIGHT_A100[:3]) == {
+        0: (True, (I("7g.40gb"),)),
         1: (True, (I("1g.5gb"),) * 7),
-        2: off(),
+        2: (True, (I("7g.40gb"),)),
     }
-    later_general = mp_file(
-        "    - devices: [1]\n      mig-enabled: true\n      mig-devices: {1g.5gb: 7}\n"
-        "    - devices: all\n      mig-enabled: false\n"
-    )
-    assert shapes(config.parse(later_general), EIGHT_A100[:3]) == {0: off(), 1: off(), 2: off()}
+
+
+@pytest.mark.parametrize("later_specific", [True, False])
+def test_entries_that_disagree_on_mig_enabled_for_one_gpu_are_refused(later_specific: bool) -> None:
+    # mig-parted sets each matching entry's mode in turn, then fails its config step on
+    # the entry whose mode the GPU no longer has: migrestore refuses before any change.
+    entries = [
+        "    - devices: all\n      mig-enabled: false\n",
+        "    - devices: [1]\n      mig-enabled: true\n      mig-devices: {1g.5gb: 7}\n",
+    ]
+    cfg = config.parse(mp_file("".join(entries if later_specific else entries[::-1])))
+    with pytest.raises(ConfigError) as caught:
+        config.resolve(cfg, EIGHT_A100[:3])
+    assert "disagree on mig-enabled" in str(caught.value)
+    assert f"GPU 1 ({EIGHT_A100[1].uuid})" in str(caught.value)
 
 
 def test_devices_and_device_filter_must_both_match() -> None:
@@ -209,11 +220,15 @@ def test_mig_devices_become_gpu_instances(devices: str, expected: Tuple[Instance
     assert cfg.rules[0].spec == GpuSpec(True, expected, "<config>:4")
 
 
-def test_mig_disabled_with_only_zero_counts_is_accepted() -> None:
-    cfg = config.parse(
-        mp_file("    - devices: all\n      mig-enabled: false\n      mig-devices: {1g.10gb: 0}\n")
-    )
-    assert cfg.rules[0].spec == GpuSpec(False, (), "<config>:4")
+def test_only_zero_counts_are_refused_like_mig_parted() -> None:
+    for enabled in ("true", "false"):
+        with pytest.raises(ConfigError) as caught:
+            config.parse(
+                mp_file(
+                    f"    - devices: all\n      mig-enabled: {enabled}\n      mig-devices: {{1g.10gb: 0}}\n"
+                )
+            )
+        assert "every count is 0" in caught.value.problem
 
 
 def test_entries_for_models_the_tables_do_not_know_are_kept_as_written() -> None:
