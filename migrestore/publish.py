@@ -37,13 +37,13 @@ def assess(cfg: Config, observed: Sequence[GpuState]) -> Dict[str, Optional[str]
     from migrestore import config as configmod
     from migrestore import planner
 
-    desired = configmod.resolve(cfg, observed)
     verdicts: Dict[str, Optional[str]] = {}
     for gpu in observed:
-        spec = desired.get(gpu.uuid)
-        if spec is None:
-            continue
         try:
+            # resolve checks the rule against this GPU's own profile table (exit 78)
+            spec = configmod.resolve(cfg, (gpu,)).get(gpu.uuid)
+            if spec is None:
+                continue
             plan = planner.plan(
                 {gpu.uuid: spec},
                 observed,
