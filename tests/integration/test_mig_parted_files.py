@@ -156,3 +156,24 @@ def test_tabs_between_flow_tokens_are_whitespace_and_quoted_tabs_are_kept() -> N
     )
     assert cfg.clients == ("a.service", "b.service")
     assert cfg.hooks[0].argv == ("/bin/echo", "x\ty")
+
+
+def test_validate_model_checks_the_bundled_table_and_no_gpu_only_warns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.integration.cli_util import run
+
+    path = str(DATA / "gpu-operator-default-mig-parted-config.yaml")
+    model = run(
+        capsys, "-c", path, "--select", "all-1g.23gb", "validate", "--model", "h100-80gb-hbm3"
+    )
+    assert model.code == 78
+    assert (
+        "model h100-80gb-hbm3 (bundled table) offers no GPU instance profile '1g.23gb'" in model.err
+    )
+    bare = run(capsys, "-c", path, "--select", "all-1g.23gb", "validate")
+    if "no GPU driver" not in bare.err:
+        pytest.skip("a GPU driver is present: validate checks against its GPUs")
+    assert bare.code == 0, bare.err
+    assert "warning" in bare.err and "1g.23gb" in bare.err
+    assert "not checked against any GPU" in bare.out
