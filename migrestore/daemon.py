@@ -16,8 +16,14 @@ Sequence (docs/ARCHITECTURE.md, design §2):
    the metrics file alone. WATCHDOG=1 when systemd asks for it. SIGTERM
    exits 0 and leaves the geometry as it is.
 
-Rules: one NVML session for the life of the process; signals only set flags (the loop
-acts on them), woken through a self-pipe so an idle daemon sleeps in select().
+Rules: NVML is open only for a pass, a watch tick or a reload check, and shut down
+after (issue 12 item 1): a process with NVML initialised holds /dev/nvidiactl, the GPUs'
+nodes and the MIG capability nodes and counts as a client of every GPU, so an idle
+daemon holding a session would block every reset (an operator's ``nvidia-smi -r``,
+Fabric Manager's restart procedure, ``migrestore apply``'s own Ampere reset) and a
+driver unload. The GPU lock is taken before the session is opened, so waiting for it
+holds no NVML. Signals only set flags (the loop acts on them), woken through a
+self-pipe so an idle daemon sleeps in select().
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import select
 import signal
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from migrestore import backend, engine, logs, metrics, publish, render
 from migrestore import config as configmod
@@ -107,7 +113,8 @@ class Daemon:
         self.log = log
         self.notifier = notifier
         self.ctl = ctl or Systemctl()
-        self.nv: Optional[Nvml] = None
+        self.nv: Optional[Nvml] = None  # open only during a pass, a tick or a check
+        self.driver: Optional[str] = None  # the driver version last read
         self.state_path = backend.state_path(simulate)
         self.lock_path = backend.lock_path(simulate)
         self.summary = ""  # the last one-line STATUS= summary
@@ -149,7 +156,7 @@ class Daemon:
         drift: bool = False,
         error: Optional[BaseException] = None,
     ) -> None:
-        driver = engine.driver_of(self.nv)
+        driver = engine.driver_of(self.nv) if self.nv is not None else self.driver
         try:
             self.publisher.publish(
                 engine.state_document(
@@ -167,14 +174,36 @@ class Daemon:
             self.log.warning("state_file_not_written", path=self.state_path, error=str(exc))
 
     def observed_now(self) -> Tuple[GpuState, ...]:
-        """The GPUs for a failure's state file; () when they cannot be read."""
+        """The GPUs for a failure's state file (in a short session of its own when none
+        is open); () when they cannot be read."""
         try:
-            return self.nv.observe(devices=False) if self.nv is not None else ()
+            with self.session() as nv:
+                return nv.observe(devices=False)
         except MigrestoreError:
             return ()
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Nvml]:
+        """NVML for one pass, tick or check, shut down after (rule above). A session
+        already open (a caller that opened one) is used and left open.
+
+        Raises:
+            DriverUnavailable: NVML cannot be initialised (the driver went away).
+        """
+        if self.nv is not None:
+            yield self.nv
+            return
+        nv = Nvml(backend.choose(self.simulate))
+        with nv:
+            self.nv = nv
+            try:
+                self.driver = engine.driver_of(nv) or self.driver
+                yield nv
+            finally:
+                self.nv = None
+
     def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
-        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
+        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session():
             return self.converge_locked(observed)
 
     def converge_locked(
@@ -206,25 +235,30 @@ class Daemon:
     def start(self) -> Optional[int]:
         """Steps 2-4. Returns an exit code on failure, None when READY was sent."""
         self.notifier.status("waiting for NVIDIA driver")
-        self.nv = self.wait_for_driver()
+        if self.nv is None:
+            # the driver is up once NVML initialises; this session ends at once (the
+            # pass opens its own after taking the GPU lock)
+            with self.wait_for_driver() as nv:
+                self.driver = engine.driver_of(nv)
         self.notifier.status("observing GPUs")
-        outcome = self.converge()
-        summary = self.summary = outcome.summary()
-        if outcome.converged_before:
-            self.log.info("converged", outcome=summary)
-        else:
-            self.log.info("restored", changes=outcome.changes, outcome=summary)
-        self.notifier.ready(summary)
-        if not outcome.devices_read:
-            # Converged: READY went out on the verified geometry; the state file also
-            # lists the MIG device UUIDs, read now.
-            self.record(outcome, self.nv.observe())
+        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session() as nv:
+            outcome = self.converge_locked()
+            summary = self.summary = outcome.summary()
+            if outcome.converged_before:
+                self.log.info("converged", outcome=summary)
+            else:
+                self.log.info("restored", changes=outcome.changes, outcome=summary)
+            self.notifier.ready(summary)
+            if not outcome.devices_read:
+                # Converged: READY went out on the verified geometry; the state file
+                # also lists the MIG device UUIDs, read now.
+                self.record(outcome, nv.observe())
         return None
 
     def check(self, reason: str) -> None:
         """One watch tick: observe, plan, restore or report drift. Under the GPU lock:
         the GPUs are not read while another migrestore changes them."""
-        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
+        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session():
             self._check_locked(reason)
 
     def _check_locked(self, reason: str) -> None:
@@ -261,12 +295,11 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: load the config again and converge to it. A config that is invalid,
         or infeasible on these GPUs, is reported and the previous one kept."""
-        assert self.nv is not None
         self.notifier.reloading()
         try:
             new = configmod.load(self.config_path, self.select_name)
-            with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT):
-                engine.make_plan(new, self.nv.observe(devices=False), force=True)
+            with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session() as nv:
+                engine.make_plan(new, nv.observe(devices=False), force=True)
         except (ConfigError, InfeasibleError) as exc:
             self.log.error(
                 "config_reload_failed", error=str(exc), outcome="keeping the previous config"

@@ -28,6 +28,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -99,6 +100,13 @@ class Simulator:
         return self._store
 
     def close(self) -> None:
+        """Close the store; a session still open (NVML never shut down) ends with it."""
+        if self.init_count:
+            self.init_count = 0
+            with contextlib.suppress(MigrestoreError), self._store.transaction() as txn:
+                if os.getpid() in txn.state.sessions:
+                    txn.state.sessions.remove(os.getpid())
+                    txn.dirty = True
         self._store.close()
 
     # ------------------------------------------------------------------ plumbing
@@ -252,7 +260,7 @@ class Simulator:
         def body(txn: Txn) -> None:
             record = self._select(txn, gpu)
             self._check_fault(txn, GPU_RESET)
-            engine.reset_gpu(record)
+            engine.reset_gpu(record, engine.other_sessions(txn.state))
             engine.record_change(txn.state, GPU_RESET, record, {}, "simulator")
             txn.dirty = True
 
@@ -417,7 +425,7 @@ class Simulator:
 
         def body(txn: Txn) -> str:
             record = self._select(txn, gpu)
-            status = engine.set_mig_mode(record, int(enabled))
+            status = engine.set_mig_mode(record, int(enabled), engine.other_sessions(txn.state))
             engine.record_change(
                 txn.state,
                 "nvmlDeviceSetMigMode",

@@ -18,6 +18,11 @@ Rules (sources in ``docs/SIMULATOR.md`` and ``nvml-semantics.md``):
 5. Mode: Hopper and later switch at once; Ampere switches only through a reset, which the
    driver does itself when nobody holds the GPU; a mode change while GIs exist is refused
    with IN_USE.
+6. A process with NVML initialised is a client of every GPU (nvidia-smi(1) --gpu-reset:
+   "There can't be any applications using these devices (e.g. ... monitoring application
+   like other instance of nvidia-smi)"): while ANOTHER process holds a session, a reset
+   fails IN_USE and an Ampere activation answers IN_USE. The caller's own session is
+   not counted here (the reset tool's own check covers the calling process).
 """
 
 from __future__ import annotations
@@ -287,9 +292,20 @@ def pids_on(gpu: GpuRecord) -> List[Tuple[int, GiRecord, CiRecord]]:
     return [(pid, gi, ci) for gi, ci in mig_devices(gpu) for pid in ci.pids]
 
 
-def busy_reason(gpu: GpuRecord) -> str:
-    """Why the GPU cannot be reset or change mode now ("" when idle)."""
+def other_sessions(state: SimState) -> List[int]:
+    """The pids other than this process with an NVML session open (rule 6)."""
+    me = os.getpid()
+    return sorted({p for p in state.sessions if p != me})
+
+
+def busy_reason(gpu: GpuRecord, sessions: Sequence[int] = ()) -> str:
+    """Why the GPU cannot be reset or change mode now ("" when idle); ``sessions``: the
+    other processes with NVML initialised (rule 6)."""
     reasons = []
+    if sessions:
+        reasons.append(
+            "NVML initialised by pid " + ", ".join(str(p) for p in sessions) + " (a client)"
+        )
     if gpu.holders:
         reasons.append("held by pid " + ", ".join(str(p) for p in gpu.holders))
     running = sorted({pid for gi in gpu.gis for ci in gi.cis for pid in ci.pids})
@@ -564,8 +580,8 @@ def destroy_ci(gi: GiRecord, ci: CiRecord) -> None:
 # --------------------------------------------------------------------------- mode
 
 
-def set_mig_mode(gpu: GpuRecord, enable: int) -> int:
-    """nvmlDeviceSetMigMode: returns the activation status (rule 5)."""
+def set_mig_mode(gpu: GpuRecord, enable: int, sessions: Sequence[int] = ()) -> int:
+    """nvmlDeviceSetMigMode: returns the activation status (rules 5 and 6)."""
     if enable not in (0, 1):
         raise SimNvmlError(codes.INVALID_ARGUMENT, f"MIG mode {enable} is neither 0 nor 1")
     wanted = bool(enable)
@@ -583,20 +599,21 @@ def set_mig_mode(gpu: GpuRecord, enable: int) -> int:
         return codes.SUCCESS
     if gpu.passthrough:
         return codes.RESET_REQUIRED
-    if busy_reason(gpu):
+    if busy_reason(gpu, sessions):
         return codes.IN_USE
     gpu.mig_current = wanted
     return codes.SUCCESS
 
 
-def reset_gpu(gpu: GpuRecord) -> None:
+def reset_gpu(gpu: GpuRecord, sessions: Sequence[int] = ()) -> None:
     """A GPU reset (``nvidia-smi --gpu-reset``): the pending mode takes effect and every
-    instance is gone. Refused on a passthrough GPU and while anyone uses the GPU."""
+    instance is gone. Refused on a passthrough GPU and while anyone uses the GPU,
+    another process's NVML session included (rule 6)."""
     if gpu.passthrough:
         raise SimNvmlError(
             codes.RESET_REQUIRED, "the GPU cannot be reset here (passthrough); reboot instead"
         )
-    reason = busy_reason(gpu)
+    reason = busy_reason(gpu, sessions)
     if reason:
         raise SimNvmlError(codes.IN_USE, reason)
     gpu.mig_current = gpu.mig_pending
@@ -614,6 +631,7 @@ def reboot(state: SimState) -> None:
             gpu.mig_pending = False
         gpu.gis = []
         gpu.holders = []
+    state.sessions = []
 
 
 # --------------------------------------------------------------------------- clients
@@ -639,10 +657,16 @@ def pid_alive(pid: int) -> bool:
 
 
 def prune_dead(state: SimState) -> bool:
-    """Drop holders and MIG-device processes that died; True if any was dropped.
+    """Drop NVML sessions, holders and MIG-device processes that died; True if any was
+    dropped.
 
     It runs before every call, so it allocates nothing where no process is listed."""
     changed = False
+    if state.sessions:
+        alive_sessions = [p for p in state.sessions if pid_alive(p)]
+        if alive_sessions != state.sessions:
+            state.sessions = alive_sessions
+            changed = True
     for gpu in state.gpus:
         if gpu.holders:
             alive = [p for p in gpu.holders if pid_alive(p)]

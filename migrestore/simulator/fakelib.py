@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from migrestore.model import Placement
@@ -260,14 +261,27 @@ class FakeNvmlLibrary:
     # ------------------------------------------------------------------ system
 
     def _init(self, txn: Txn) -> None:
-        self._sim.init_count += 1
+        self._session_opened(txn)
 
     def _init_with_flags(self, txn: Txn, flags: Any) -> None:
         cabi.uint(flags, "flags")
+        self._session_opened(txn)
+
+    def _session_opened(self, txn: Txn) -> None:
+        """NVML's init is counted per process; the first one registers this process as
+        a session holder in the state (engine rule 6), seen by other processes."""
+        if self._sim.init_count == 0:
+            txn.state.sessions.append(os.getpid())
+            txn.dirty = True
         self._sim.init_count += 1
 
     def _shutdown(self, txn: Txn) -> None:
-        self._sim.init_count = max(0, self._sim.init_count - 1)
+        if self._sim.init_count == 0:
+            return
+        self._sim.init_count -= 1
+        if self._sim.init_count == 0 and os.getpid() in txn.state.sessions:
+            txn.state.sessions.remove(os.getpid())
+            txn.dirty = True
 
     def _driver_version(self, txn: Txn, buf: Any, length: Any) -> None:
         cabi.text_out(buf, length, txn.state.driver_version, "version")
@@ -371,7 +385,7 @@ class FakeNvmlLibrary:
         gpu = self._gpu(txn, dev)
         value = cabi.uint(mode, "mode")
         activation = cabi.out(status, ctypes.c_uint, "activationStatus")
-        result = engine.set_mig_mode(gpu, value)
+        result = engine.set_mig_mode(gpu, value, engine.other_sessions(txn.state))
         activation.value = result
         engine.record_change(
             txn.state,

@@ -4,10 +4,12 @@ Rules:
 
 1. One ``SimState`` holds everything a simulated node has: per GPU its identity, MIG mode
    (current and pending), GIs with their CIs, the pids holding it and the pids running
-   on each MIG device, and the driver branch it runs; plus the armed faults, per-call
-   latency and the log of changes. It is plain data; the MIG rules that change it live in
-   ``engine``. State files written before branches were stored still load: a GPU without
-   ``branch`` runs the branch of the file's ``driver_version``.
+   on each MIG device, and the driver branch it runs; the pids with an NVML session open
+   (``sessions``, one entry per process: a process with NVML initialised is a client of
+   every GPU); plus the armed faults, per-call latency and the log of changes. It is
+   plain data; the MIG rules that change it live in ``engine``. State files written
+   before branches (or sessions) were stored still load: a GPU without ``branch`` runs
+   the branch of the file's ``driver_version``; no ``sessions`` means none.
 2. Two stores give transactions over it. ``MemoryStore`` keeps a fresh state in the
    process. ``FileStore`` keeps it in a JSON file shared by processes: every transaction
    holds an exclusive ``flock`` on the sidecar ``<file>.lock``, re-reads the file only
@@ -110,6 +112,7 @@ class SimState:
     # one-shot: the process whose change makes change_count reach this stops itself
     freeze_at: int = 0
     driver_version: str = DRIVER_VERSION
+    sessions: List[int] = field(default_factory=list)  # pids with NVML initialised
 
     def gpu(self, index: int) -> Optional[GpuRecord]:
         if 0 <= index < len(self.gpus):
@@ -175,6 +178,7 @@ def to_json(state: SimState) -> Dict[str, Any]:
         ],
         "latency_us": dict(sorted(state.latency_us.items())),
         "freeze_at": state.freeze_at,
+        "sessions": list(state.sessions),
         "gpus": [_gpu_json(g) for g in state.gpus],
     }
 
@@ -300,8 +304,14 @@ def from_json(data: Any, where: str) -> SimState:
     freeze_at = top.get("freeze_at", 0)  # absent in files written before it existed
     if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or freeze_at < 0:
         raise r.fail("freeze_at", f"expected a change count >= 0, found {freeze_at!r}")
+    sessions = top.get("sessions", [])  # absent in files written before it existed
+    if not isinstance(sessions, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in sessions
+    ):
+        raise r.fail("sessions", f"expected a list of pids, found {sessions!r}")
     return SimState(
         gpus=gpus,
+        sessions=list(sessions),
         boot_id=r.get(top, "boot_id", str, "top level"),
         next_serial=r.get(top, "next_serial", int, "top level"),
         mig_uuid_counter=r.get(top, "mig_uuid_counter", int, "top level"),

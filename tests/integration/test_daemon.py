@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.integration.daemon_util import Node
+from tests.integration.daemon_util import Node, sim_argv
 
 H100_LAYOUT = """\
 version: 1
@@ -448,3 +448,29 @@ def test_apply_records_the_units_it_stops_until_it_starts_them(hopper: Node) -> 
     assert "--no-ask-password stop nvidia-dcgm.service" in calls
     assert hopper.units.state("nvidia-dcgm.service") == "active"
     assert not note.exists()
+
+
+def test_an_idle_daemon_blocks_no_reset_and_no_ampere_activation(ampere: Node) -> None:
+    """Issue 12 item 1: the daemon opens NVML for a pass or a tick only. A process with
+    NVML initialised is a client of every GPU (simulator engine rule 6), so a daemon
+    holding its session would make another process's reset fail IN_USE."""
+    ampere.write_config(config(policy="warn", interval=60))
+    ampere.start_daemon()
+    ampere.notify.wait_for("READY=1")
+    # the daemon's pass is over: its session is closed once READY went out
+    ampere.wait_until(lambda: not ampere.show()["sessions"], 30, "the daemon's NVML session end")
+    out = subprocess.run(
+        [*sim_argv("reset", ampere.state, "--gpu", "0")],
+        env=ampere.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert ampere.geometry(0) == []
+    # an Ampere activation by another process: activated at once
+    assert "activation NVML_SUCCESS" in ampere.sim("set-mode", ampere.state, "--gpu", "0", "off")
+    assert ampere.mig(0) == {"capable": True, "current": False, "pending": False}
+    assert ampere.daemon is not None and ampere.daemon.poll() is None
+    code, err = ampere.stop_daemon()
+    assert code == 0, err

@@ -29,13 +29,6 @@ from tests.realgpu.support import (
     wait_until,
 )
 
-# Issue 12 item 1 (the daemon opens NVML for a pass or a tick and shuts it down after)
-# has not landed: today the daemon holds its session for its whole life.
-IDLE_WITHOUT_NVML = pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 1: the daemon holds NVML (and /dev/nvidia*) between ticks",
-)
-
 
 @dataclass
 class Daemon:
@@ -156,16 +149,14 @@ def test_daemon_keeps_watching(daemon: Daemon) -> None:
     assert not daemon.events("watch_failed"), daemon.log.read_text()
 
 
-@IDLE_WITHOUT_NVML
 def test_daemon_holds_no_nvml_between_ticks(target: Target, daemon: Daemon) -> None:
     held = idle_session_files(target, daemon)
     assert not held, f"the idle daemon holds NVML: {held}"
 
 
-@IDLE_WITHOUT_NVML
 def test_the_idle_check_on_simulated_gpus(realgpu_guard: GuardEnv, tmp_path: Path) -> None:
-    """The same check on a simulated node, everywhere (CI included), so the day the
-    daemon drops NVML between ticks the strict xfail above is seen to pass."""
+    """The same check on a simulated node, everywhere (CI included): the daemon opens
+    NVML for a tick only (issue 12 item 1)."""
     from migrestore.simulator import cli as simcli
 
     state = tmp_path / "gpus.json"

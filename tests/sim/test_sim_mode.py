@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Callable
@@ -190,3 +191,91 @@ def test_in_memory_reboot(attach: Callable[[str], simulator.Simulator]) -> None:
     assert pynvml.nvmlDeviceGetMigMode(device(0)) == [1, 1]
     assert pynvml.nvmlDeviceGetMigMode(device(1)) == [0, 0]
     assert [g.gis for g in sim.state().gpus] == [[], []]
+
+
+# A process that opens NVML on a state file, says "up", and shuts NVML down when told
+# (or never, when killed).
+_SESSION = """
+import sys, pynvml
+from migrestore import simulator
+simulator.attach(pynvml, sys.argv[1])
+pynvml.nvmlInit()
+print("up", flush=True)
+sys.stdin.readline()
+pynvml.nvmlShutdown()
+print("down", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _session(path: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SESSION, path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    return proc
+
+
+def test_another_process_with_nvml_open_blocks_an_ampere_activation_and_a_reset(
+    attach: Callable[[str], simulator.Simulator], state_file: Callable[..., str]
+) -> None:
+    """A process with NVML initialised is a client of every GPU (engine rule 6): while
+    it holds its session an Ampere activation answers IN_USE and a reset is refused; a
+    session shut down, or its process dead, no longer counts."""
+    path = state_file("a100-80gb:2")
+    sim = attach(path)
+    other = _session(path)
+    try:
+        assert sim.state().sessions.count(other.pid) == 1
+        dev = device(0)
+        assert pynvml.nvmlDeviceSetMigMode(dev, 1) == pynvml.NVML_ERROR_IN_USE
+        assert pynvml.nvmlDeviceGetMigMode(dev) == [0, 1]
+        # reset through the reset tool's model, this process's NVML shut down first
+        checker = simulator.Simulator(path)
+        try:
+            with pytest.raises(NvmlError) as err:
+                checker.reset_gpu(0)
+            assert err.value.nvml_error == "NVML_ERROR_IN_USE"
+            assert f"NVML initialised by pid {other.pid}" in str(err.value)
+            assert other.stdin is not None and other.stdout is not None
+            other.stdin.write("\n")
+            other.stdin.flush()
+            assert other.stdout.readline() == "down\n"
+            assert other.pid not in sim.state().sessions
+            checker.reset_gpu(0)
+        finally:
+            checker.close()
+        assert pynvml.nvmlDeviceGetMigMode(dev) == [1, 1]
+        # a session whose process died without shutting NVML down is dropped
+        killed = _session(path)
+        assert pynvml.nvmlDeviceSetMigMode(device(1), 1) == pynvml.NVML_ERROR_IN_USE
+        killed.kill()
+        killed.wait()
+        assert killed.pid not in sim.state().sessions
+        assert pynvml.nvmlDeviceSetMigMode(device(1), 1) == ACTIVATED
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_own_session_does_not_count_and_ends_at_shutdown_or_close(
+    attach: Callable[[str], simulator.Simulator], state_file: Callable[..., str], nvml_lib: str
+) -> None:
+    path = state_file("a100-80gb")
+    sim = attach(path)
+    assert sim.state().sessions.count(os.getpid()) == 1
+    assert pynvml.nvmlDeviceSetMigMode(device(0), 1) == ACTIVATED
+    pynvml.nvmlInit()  # counted per process: one entry
+    assert sim.state().sessions.count(os.getpid()) == 1
+    pynvml.nvmlShutdown()
+    assert sim.state().sessions.count(os.getpid()) == 1
+    if nvml_lib == "fake":
+        # a simulator closed with NVML never shut down (detached) ends its session
+        sim.close()
+        assert os.getpid() not in simulator.Simulator(path).state().sessions
+    else:
+        pynvml.nvmlShutdown()
+        assert os.getpid() not in sim.state().sessions
