@@ -88,7 +88,7 @@ def manages_units(ctl: Optional[Systemctl]) -> bool:
     explicitly). Without systemd no unit can be running, so there is none to stop."""
     if ctl is None:
         return False
-    return ctl.binary != "systemctl" or os.path.isdir(SYSTEMD_RUNTIME)
+    return ctl.explicit or os.path.isdir(SYSTEMD_RUNTIME)
 
 
 def driver_of(nv: Optional[Nvml]) -> Optional[str]:

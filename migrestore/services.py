@@ -18,8 +18,10 @@ Rules:
 4. Unit names are checked before they reach an argv, by ``units.check_unit_name``: the
    rule the config applies, so a name the config accepts is never refused here.
 5. ``systemctl`` runs with ``--no-ask-password`` (a service cannot answer a prompt)
-   and every call is bounded. Its path is ``$MIGRESTORE_SYSTEMCTL`` when set, which
-   is how tests put a stand-in in its place.
+   and every call is bounded. It runs from a fixed, root-owned absolute path
+   (``/usr/bin/systemctl``, or ``/bin/systemctl`` where only that exists), never found
+   through PATH; ``$MIGRESTORE_SYSTEMCTL`` names another one explicitly (set by whoever
+   starts migrestore, which is how tests put a stand-in in its place).
 """
 
 from __future__ import annotations
@@ -62,11 +64,26 @@ def _message(result: Completed) -> str:
     return text or f"systemctl exited with status {result.returncode}"
 
 
+SYSTEMCTL_PATHS = ("/usr/bin/systemctl", "/bin/systemctl")
+
+
+def system_systemctl() -> str:
+    """The system's systemctl at its fixed path (rule 5): the first of SYSTEMCTL_PATHS
+    that exists, else the first (running it then fails with a clear error)."""
+    for path in SYSTEMCTL_PATHS:
+        if os.path.isfile(path):
+            return path
+    return SYSTEMCTL_PATHS[0]
+
+
 class Systemctl:
     """A thin, bounded wrapper around the ``systemctl`` command."""
 
     def __init__(self, binary: Optional[str] = None) -> None:
-        self.binary = binary or os.environ.get("MIGRESTORE_SYSTEMCTL") or "systemctl"
+        named = binary or os.environ.get("MIGRESTORE_SYSTEMCTL")
+        #: True when a systemctl was named (argument or environment), not the system's own
+        self.explicit = bool(named)
+        self.binary = named or system_systemctl()
 
     def _run(self, args: Sequence[str], timeout: float, what: str) -> Completed:
         argv = [self.binary, "--no-ask-password", *args]

@@ -3,12 +3,20 @@ systemctl stand-in (tests/edges/fake_systemctl)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
 
 from migrestore.errors import EXIT_FAILED, ServiceError
-from migrestore.services import Systemctl, check_unit_name, start_clients, stop_clients
+from migrestore.services import (
+    SYSTEMCTL_PATHS,
+    Systemctl,
+    check_unit_name,
+    start_clients,
+    stop_clients,
+)
 
 from .conftest import Journal
 from .systemctl_fake import FakeSystemctl
@@ -87,10 +95,27 @@ def test_an_invalid_name_never_reaches_systemctl(ctl: Systemctl, fake: FakeSyste
 
 def test_binary_from_environment_or_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MIGRESTORE_SYSTEMCTL", raising=False)
-    assert Systemctl().binary == "systemctl"
+    assert Systemctl().binary in SYSTEMCTL_PATHS and not Systemctl().explicit
     monkeypatch.setenv("MIGRESTORE_SYSTEMCTL", "/opt/x/systemctl")
-    assert Systemctl().binary == "/opt/x/systemctl"
+    assert Systemctl().binary == "/opt/x/systemctl" and Systemctl().explicit
     assert Systemctl("/usr/bin/systemctl").binary == "/usr/bin/systemctl"
+
+
+def test_systemctl_is_never_looked_up_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a stand-in first on the caller's PATH must never run as root
+    planted = tmp_path / "systemctl"
+    marker = tmp_path / "ran"
+    planted.write_text(f"#!/bin/sh\ntouch {marker}\necho active\n")
+    planted.chmod(0o755)
+    monkeypatch.delenv("MIGRESTORE_SYSTEMCTL", raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '')}")
+    ctl = Systemctl()
+    assert os.path.isabs(ctl.binary) and ctl.binary in SYSTEMCTL_PATHS
+    with contextlib.suppress(ServiceError):
+        ctl.state("a.service")
+    assert not marker.exists()
 
 
 def test_is_active_reads_the_state(ctl: Systemctl, fake: FakeSystemctl) -> None:
