@@ -26,9 +26,9 @@ from migrestore import planner, tables
 from migrestore.backend import Simulated
 from migrestore.errors import MigrestoreError
 from migrestore.model import (
-    CREATE_CI,
-    CREATE_GI,
     ComputeInstance,
+    CreateCi,
+    CreateGi,
     GpuInstance,
     GpuSpec,
     GpuState,
@@ -54,15 +54,12 @@ def geometry_after(plan: Plan, gpu: GpuState) -> GpuState:
     gis: Dict[int, GpuInstance] = {}
     cis: Dict[int, List[ComputeInstance]] = {}
     for action in plan.actions:
-        if action.kind == CREATE_GI:
-            assert action.placement is not None and action.profile_id is not None
+        if isinstance(action, CreateGi):
             start = action.placement.start
             gis[start] = GpuInstance(
                 len(gis) + 1, action.profile_id, action.profile, action.placement
             )
-        elif action.kind == CREATE_CI:
-            assert action.gi_start is not None and action.placement is not None
-            assert action.profile_id is not None
+        elif isinstance(action, CreateCi):
             own = cis.setdefault(action.gi_start, [])
             own.append(
                 ComputeInstance(

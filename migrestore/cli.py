@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
 from migrestore import __version__
 from migrestore.errors import (
@@ -27,6 +27,9 @@ from migrestore.errors import (
     EXIT_UNAVAILABLE,
     MigrestoreError,
 )
+
+if TYPE_CHECKING:
+    from migrestore.model import RunResult
 
 DEFAULT_CONFIG = "/etc/migrestore.yaml"
 
@@ -284,54 +287,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plan_json(plan: Any) -> Dict[str, Any]:
-    actions: List[Dict[str, Any]] = []
-    for a in plan.actions:
-        item: Dict[str, Any] = {"gpu": a.gpu_index, "uuid": a.gpu, "action": a.kind}
-        if a.enabled is not None:
-            item["enabled"] = a.enabled
-        if a.kind == "reset":
-            item["if_pending"] = a.if_pending
-        if a.profile:
-            item["profile"] = a.profile
-        if a.placement is not None:
-            item["placement"] = [a.placement.start, a.placement.size]
-        if a.gi_start is not None and a.kind == "create_ci":
-            item["gi_start"] = a.gi_start
-        if a.gi_id is not None:
-            item["gi_id"] = a.gi_id
-        if a.ci_id is not None:
-            item["ci_id"] = a.ci_id
-        item["description"] = a.describe()
-        actions.append(item)
-    return {
-        "converged": plan.converged,
-        "actions": actions,
-        "unmatched": list(plan.unmatched),
-        "notes": list(plan.notes),
-    }
-
-
-def _plan_text(plan: Any) -> str:
-    lines: List[str] = []
-    for a in plan.actions:
-        sign = (
-            "-" if a.kind.startswith("destroy") else "~" if a.kind in ("set_mode", "reset") else "+"
-        )
-        lines.append(f"{sign} {a.describe()}")
-    for note in plan.notes:
-        lines.append(f"  {note}")
-    for label in plan.unmatched:
-        lines.append(f"  GPU {label}: no rule matches, left as it is")
-    if plan.converged:
-        lines.append("nothing to do: the GPUs match the config")
-    else:
-        lines.append(f"{len(plan.actions)} change(s) planned")
-    return "\n".join(lines) + "\n"
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from migrestore import backend, engine
+    from migrestore import backend, engine, render
     from migrestore import config as configmod
     from migrestore.nvml import Nvml
 
@@ -340,9 +297,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         observed = nv.observe()
     plan, _desired = engine.make_plan(cfg, observed, force=args.force)
     if args.json:
-        _print_json(_plan_json(plan))
+        _print_json(render.plan_json(plan))
     else:
-        sys.stdout.write(_plan_text(plan))
+        sys.stdout.write(render.plan_text(plan))
     return EXIT_OK
 
 
@@ -350,6 +307,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from migrestore import backend, engine
     from migrestore import config as configmod
     from migrestore.lock import GpuLock
+    from migrestore.model import RunResult
     from migrestore.nvml import Nvml
     from migrestore.services import Systemctl
 
@@ -357,8 +315,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     cfg = configmod.load(_config_path(args), args.select)
     with Nvml(backend.choose(_simulate(args))) as nv:
         if args.dry_run:
+            from migrestore import render
+
             plan, _ = engine.make_plan(cfg, nv.observe(), force=args.force)
-            sys.stdout.write(_plan_text(plan))
+            sys.stdout.write(render.plan_text(plan))
             return EXIT_OK
         with GpuLock(backend.lock_path(_simulate(args)), timeout=args.lock_timeout):
             ctl = None if args.no_clients else Systemctl()
@@ -377,15 +337,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 except MigrestoreError:
                     now = ()
                 _write_state(
-                    args, "failed", str(exc), now, cfg=cfg, driver=engine.driver_of(nv), error=exc
+                    args,
+                    RunResult.FAILED,
+                    str(exc),
+                    now,
+                    cfg=cfg,
+                    driver=engine.driver_of(nv),
+                    error=exc,
                 )
                 raise
             # read under the lock: another migrestore may change the GPUs right after
             observed = outcome.observed if outcome.devices_read else nv.observe()
-        result = "converged" if outcome.converged_before else "applied"
         _write_state(
             args,
-            result,
+            outcome.result,
             outcome.summary(),
             observed,
             cfg=cfg,
@@ -401,7 +366,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _write_state(
     args: argparse.Namespace,
-    result: str,
+    result: RunResult,
     message: str,
     observed: Any,
     *,

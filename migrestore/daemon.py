@@ -29,7 +29,7 @@ import signal
 import time
 from typing import Any, List, Optional, Tuple
 
-from migrestore import backend, engine, logs, metrics, publish
+from migrestore import backend, engine, logs, metrics, publish, render
 from migrestore import config as configmod
 from migrestore.errors import (
     EXIT_OK,
@@ -39,7 +39,7 @@ from migrestore.errors import (
     MigrestoreError,
 )
 from migrestore.lock import GpuLock
-from migrestore.model import DRIFT_IGNORE, DRIFT_RESTORE, Config, GpuState
+from migrestore.model import Config, DriftPolicy, GpuState, RunResult
 from migrestore.notify import Notifier
 from migrestore.nvml import Nvml
 from migrestore.services import Systemctl
@@ -84,12 +84,6 @@ class _Signals:
         signal.set_wakeup_fd(-1)
         os.close(self.read_fd)
         os.close(self.write_fd)
-
-
-def _describe_drift(actions: Tuple[Any, ...]) -> str:
-    shown = "; ".join(a.describe() for a in actions[:3])
-    more = f" (+{len(actions) - 3} more)" if len(actions) > 3 else ""
-    return shown + more
 
 
 class Daemon:
@@ -145,7 +139,7 @@ class Daemon:
 
     def write_state(
         self,
-        result: str,
+        result: RunResult,
         message: str,
         observed: Tuple[GpuState, ...],
         outcome: Optional[engine.Outcome] = None,
@@ -205,8 +199,7 @@ class Daemon:
     def record(
         self, outcome: engine.Outcome, observed: Tuple[GpuState, ...], *, drift: bool = False
     ) -> None:
-        result = "converged" if outcome.converged_before else "applied"
-        self.write_state(result, outcome.summary(), observed, outcome, drift=drift)
+        self.write_state(outcome.result, outcome.summary(), observed, outcome, drift=drift)
 
     def start(self) -> Optional[int]:
         """Steps 2-4. Returns an exit code on failure, None when READY was sent."""
@@ -245,23 +238,23 @@ class Daemon:
             return
         observed = self.nv.observe()
         plan, _desired = engine.make_plan(self.cfg, observed, force=True)
-        drift = _describe_drift(plan.actions)
+        drift = render.drift_text(plan.actions)
         policy = self.cfg.drift_policy
-        if reason == "reload" or policy == DRIFT_RESTORE:
+        if reason == "reload" or policy == DriftPolicy.RESTORE:
             if reason != "reload":
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
             outcome = self.converge_locked(observed, drift=reason != "reload")
             self.summary = outcome.summary()
             self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
             self.notifier.status(self.summary)
-        elif policy == DRIFT_IGNORE:
+        elif policy == DriftPolicy.IGNORE:
             self.log.debug("drift_ignored", drift=drift)
         else:
             self.log.warning(
                 "drift_detected", outcome="reported only (drift.policy: warn)", drift=drift
             )
             self.notifier.status(f"drift: {drift}")
-            self.write_state("drift", drift, observed)
+            self.write_state(RunResult.DRIFT, drift, observed)
 
     def reload(self) -> None:
         """SIGHUP: load the config again and converge to it. A config that is invalid,
@@ -318,7 +311,7 @@ class Daemon:
                 # the next interval (the clients it stopped were started again).
                 self.log.error("watch_failed", error=str(exc))
                 self.notifier.status(f"failed: {exc}")
-                self.write_state("failed", str(exc), self.observed_now(), error=exc)
+                self.write_state(RunResult.FAILED, str(exc), self.observed_now(), error=exc)
                 next_check = time.monotonic() + interval
 
     def close(self) -> None:
@@ -362,7 +355,7 @@ def run(
         except MigrestoreError as exc:
             log.error("failed", error=str(exc), exit_code=exc.exit_code)
             notifier.status(f"failed: {exc}")
-            daemon.write_state("failed", str(exc), daemon.observed_now(), error=exc)
+            daemon.write_state(RunResult.FAILED, str(exc), daemon.observed_now(), error=exc)
             return exc.exit_code
         if once:
             return EXIT_OK

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 from migrestore import atomic, planner
 from migrestore import config as configmod
 from migrestore.errors import InfeasibleError, MigrestoreError, StateFileError
-from migrestore.model import RESET, RESET_ALLOW, Config, GpuState, Plan
+from migrestore.model import Config, GpuState, Plan, Reset, ResetPolicy, RunResult
 from migrestore.nvml import Nvml
 
 if TYPE_CHECKING:
@@ -55,6 +55,11 @@ class Outcome:
     @property
     def converged_before(self) -> bool:
         return self.plan.converged
+
+    @property
+    def result(self) -> RunResult:
+        """CONVERGED: nothing needed changing; APPLIED: changed and verified."""
+        return RunResult.CONVERGED if self.plan.converged else RunResult.APPLIED
 
     def summary(self) -> str:
         """The one-line STATUS= text."""
@@ -99,7 +104,7 @@ def driver_of(nv: Optional[Nvml]) -> Optional[str]:
 
 
 def state_document(
-    result: str,
+    result: RunResult,
     message: str,
     observed: Tuple[GpuState, ...],
     *,
@@ -143,7 +148,7 @@ def make_plan(
     desired = configmod.resolve(cfg, observed)
     try:
         plan = planner.plan(
-            desired, observed, force=force, allow_reset=cfg.ampere_reset == RESET_ALLOW
+            desired, observed, force=force, allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW
         )
     except InfeasibleError as exc:
         if exc.where:
@@ -297,7 +302,7 @@ def converge(
                 "clients_not_managed", outcome="systemd is not running: no client unit to stop"
             )
         say(f"applying {len(plan.actions)} changes")
-        resets = sum(1 for a in plan.actions if a.kind == RESET)
+        resets = sum(1 for a in plan.actions if isinstance(a, Reset))
         more_time(APPLY_BUDGET + RESET_BUDGET * resets)
         result = executor.execute(
             nv,
@@ -305,7 +310,7 @@ def converge(
             desired,
             before,
             log=log,
-            allow_reset=cfg.ampere_reset == RESET_ALLOW,
+            allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
         )
     finally:
         # On success, on every error and on an interrupt (Ctrl-C): exactly the units
@@ -319,7 +324,7 @@ def converge(
         more_time(sum(h.timeout for h in cfg.hooks) + 30)
         changed = tuple(sorted({a.gpu for a in plan.actions}))
         env = hooks.result_environment(
-            "applied", f"{result.changes} NVML changes", state_path, cfg.path, changed
+            RunResult.APPLIED.value, f"{result.changes} NVML changes", state_path, cfg.path, changed
         )
         failures = tuple(hooks.run_hooks(cfg.hooks, log, env))
     cdi_error = hooks.refresh_cdi(log)

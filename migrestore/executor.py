@@ -24,17 +24,18 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from migrestore import planner
 from migrestore.errors import ActionFailed, MigrestoreError, NvmlError, VerifyError
 from migrestore.model import (
-    CREATE_CI,
-    CREATE_GI,
-    DESTROY_CI,
-    DESTROY_GI,
-    RESET,
-    SET_MODE,
     Action,
+    CreateCi,
+    CreateGi,
+    DestroyCi,
+    DestroyGi,
     GpuPlan,
     GpuSpec,
     GpuState,
     Plan,
+    Reset,
+    SetMode,
+    assert_never,
 )
 from migrestore.nvml import Nvml
 
@@ -62,17 +63,21 @@ class ExecResult:
 
 
 def _fields(action: Action) -> Dict[str, Any]:
+    """The log fields of an action: GPU, then what the action names."""
     fields: Dict[str, Any] = {"gpu": action.gpu_index}
-    if action.profile:
-        fields["profile"] = action.profile
-    if action.placement is not None:
-        fields["placement"] = str(action.placement)
-    if action.gi_id is not None:
-        fields["gi"] = action.gi_id
-    if action.ci_id is not None:
-        fields["ci"] = action.ci_id
-    if action.kind == SET_MODE:
+    if isinstance(action, SetMode):
         fields["mig"] = "on" if action.enabled else "off"
+    elif isinstance(action, Reset):
+        pass
+    elif isinstance(action, (DestroyCi, DestroyGi, CreateGi, CreateCi)):
+        fields["profile"] = action.profile
+        fields["placement"] = str(action.placement)
+        if isinstance(action, (DestroyCi, DestroyGi)):
+            fields["gi"] = action.gi_id
+        if isinstance(action, DestroyCi):
+            fields["ci"] = action.ci_id
+    else:
+        assert_never(action)
     return fields
 
 
@@ -110,54 +115,55 @@ class _GpuRun:
         return GpuOutcome(self.uuid, self.plan.gpu_index, self.changes, error, tuple(self.records))
 
     def step(self, action: Action, following: Optional[Action]) -> None:
+        if isinstance(action, SetMode):
+            self.set_mode(action, following)
+        elif isinstance(action, Reset):
+            self.reset(action)
+        elif isinstance(action, CreateGi):
+            self.create_gi(action)
+        elif isinstance(action, CreateCi):
+            self.create_ci(action)
+        elif isinstance(action, (DestroyCi, DestroyGi)):
+            self.destroy(action)
+        else:
+            assert_never(action)
+
+    def destroy(self, action: DestroyCi | DestroyGi) -> None:
         try:
-            if action.kind == SET_MODE:
-                self.set_mode(action, following)
-                return
-            if action.kind == RESET:
-                self.reset(action)
-                return
-            if action.kind == DESTROY_CI:
-                assert action.gi_id is not None and action.ci_id is not None
+            if isinstance(action, DestroyCi):
                 self.nv.destroy_ci(self.uuid, action.gi_id, action.ci_id)
-            elif action.kind == DESTROY_GI:
-                assert action.gi_id is not None
-                self.nv.destroy_gi(self.uuid, action.gi_id)
-                if action.placement is not None:
-                    self.gi_ids.pop(action.placement.start, None)
-            elif action.kind == CREATE_GI:
-                assert action.profile_id is not None and action.placement is not None
-                gi = self.nv.create_gi(self.uuid, action.profile_id, action.placement)
-                self.changes += 1
-                if gi.placement != action.placement:
-                    raise self.fail(
-                        action,
-                        "PLACEMENT_MISMATCH",
-                        f"the driver placed it at {gi.placement}",
-                    )
-                self.gi_ids[action.placement.start] = gi.gi_id
-                self.log("info", action.kind, outcome="ok", **_fields(action), gi=gi.gi_id)
-                return
-            elif action.kind == CREATE_CI:
-                assert action.profile_id is not None and action.gi_start is not None
-                gi_id = self.gi_ids.get(action.gi_start)
-                if gi_id is None:
-                    raise self.fail(action, "NVML_ERROR_NOT_FOUND", "its GI does not exist")
-                ci = self.nv.create_ci(self.uuid, gi_id, action.profile_id, action.placement)
-                self.changes += 1
-                self.log(
-                    "info", action.kind, outcome="ok", **_fields(action), gi=gi_id, ci=ci.ci_id
-                )
-                return
             else:
-                raise MigrestoreError(f"unknown action kind {action.kind!r}")
+                self.nv.destroy_gi(self.uuid, action.gi_id)
+                self.gi_ids.pop(action.placement.start, None)
         except NvmlError as exc:
             raise self.fail(action, exc.nvml_error) from exc
         self.changes += 1
         self.log("info", action.kind, outcome="ok", **_fields(action))
 
-    def set_mode(self, action: Action, following: Optional[Action]) -> None:
-        enabled = bool(action.enabled)
+    def create_gi(self, action: CreateGi) -> None:
+        try:
+            gi = self.nv.create_gi(self.uuid, action.profile_id, action.placement)
+        except NvmlError as exc:
+            raise self.fail(action, exc.nvml_error) from exc
+        self.changes += 1
+        if gi.placement != action.placement:
+            raise self.fail(action, "PLACEMENT_MISMATCH", f"the driver placed it at {gi.placement}")
+        self.gi_ids[action.placement.start] = gi.gi_id
+        self.log("info", action.kind, outcome="ok", **_fields(action), gi=gi.gi_id)
+
+    def create_ci(self, action: CreateCi) -> None:
+        gi_id = self.gi_ids.get(action.gi_start)
+        if gi_id is None:
+            raise self.fail(action, "NVML_ERROR_NOT_FOUND", "its GI does not exist")
+        try:
+            ci = self.nv.create_ci(self.uuid, gi_id, action.profile_id, action.placement)
+        except NvmlError as exc:
+            raise self.fail(action, exc.nvml_error) from exc
+        self.changes += 1
+        self.log("info", action.kind, outcome="ok", **_fields(action), gi=gi_id, ci=ci.ci_id)
+
+    def set_mode(self, action: SetMode, following: Optional[Action]) -> None:
+        enabled = action.enabled
         status = self.nv.set_mig_mode(self.uuid, enabled)
         self.changes += 1
         if status == NVML_SUCCESS:
@@ -165,7 +171,7 @@ class _GpuRun:
             if current == enabled:
                 self.log("info", action.kind, outcome="ok", **_fields(action))
                 return
-            if following is not None and following.kind == RESET:
+            if isinstance(following, Reset):
                 self.log("info", action.kind, outcome="pending", **_fields(action))
                 return
             raise self.fail(
@@ -174,7 +180,7 @@ class _GpuRun:
                 f"NVML accepted the change but the mode reads current={'on' if current else 'off'}, "
                 f"pending={'on' if pending else 'off'}",
             )
-        if status == NVML_IN_USE and following is not None and following.kind == RESET:
+        if status == NVML_IN_USE and isinstance(following, Reset):
             self.log("info", action.kind, outcome="pending", activation=status, **_fields(action))
             return
         if status == NVML_IN_USE:
@@ -191,7 +197,7 @@ class _GpuRun:
             )
         raise self.fail(action, status, "NVML did not activate the mode change")
 
-    def reset(self, action: Action) -> None:
+    def reset(self, action: Reset) -> None:
         if action.if_pending:
             current, _pending = self.nv.mig_mode(self.uuid)
             if current == self.want_mig:

@@ -17,8 +17,9 @@ Rules:
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import ClassVar, NoReturn, Optional, Tuple, Union
 
 # --------------------------------------------------------------------------- slices
 
@@ -35,9 +36,6 @@ class Placement:
     def end(self) -> int:
         """One past the last slice."""
         return self.start + self.size
-
-    def slots(self) -> range:
-        return range(self.start, self.end)
 
     def mask(self) -> int:
         """The slices as a bit mask (bit i = slice i)."""
@@ -235,12 +233,45 @@ class GpuSpec:
     source: str = ""  # "file:line" of the rule that produced it, for messages
 
 
-DRIFT_RESTORE = "restore"
-DRIFT_WARN = "warn"
-DRIFT_IGNORE = "ignore"
+class DriftPolicy(str, enum.Enum):
+    """What the watch does when the geometry drifts (``drift.policy``)."""
 
-RESET_ALLOW = "allow"
-RESET_NEVER = "never"
+    RESTORE = "restore"  # converge again
+    WARN = "warn"  # log, STATUS= and state file ``drift``; change nothing
+    IGNORE = "ignore"  # a debug line only
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class ResetPolicy(str, enum.Enum):
+    """Whether a GPU reset may apply an Ampere MIG mode change (``ampere-reset``)."""
+
+    ALLOW = "allow"
+    NEVER = "never"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class RunResult(str, enum.Enum):
+    """How a run ended, as the state file and ``status`` say it."""
+
+    CONVERGED = "converged"  # nothing needed changing
+    APPLIED = "applied"  # the geometry was changed and verified
+    FAILED = "failed"  # the run failed (the message says why)
+    DRIFT = "drift"  # the watch found drift and only warned (drift.policy: warn)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+# The config's spellings, kept as names for callers and tests.
+DRIFT_RESTORE = DriftPolicy.RESTORE
+DRIFT_WARN = DriftPolicy.WARN
+DRIFT_IGNORE = DriftPolicy.IGNORE
+RESET_ALLOW = ResetPolicy.ALLOW
+RESET_NEVER = ResetPolicy.NEVER
 
 DEFAULT_CLIENTS: Tuple[str, ...] = (
     "nvidia-dcgm.service",
@@ -283,9 +314,9 @@ class Config:
     path: str
     rules: Tuple[Rule, ...]
     clients: Tuple[str, ...] = DEFAULT_CLIENTS
-    drift_policy: str = DRIFT_RESTORE
+    drift_policy: DriftPolicy = DriftPolicy.RESTORE
     drift_interval: float = 60.0
-    ampere_reset: str = RESET_ALLOW
+    ampere_reset: ResetPolicy = ResetPolicy.ALLOW
     driver_wait: float = 120.0
     hooks: Tuple[Hook, ...] = ()
     selected: Optional[str] = None  # the mig-parted config name used, if any
@@ -298,52 +329,112 @@ class Config:
 
 
 # --------------------------------------------------------------------------- actions
+#
+# One frozen class per kind of change, each with exactly its fields (no optional field
+# stands for "not this kind"). ``Action`` is their union; code that handles actions
+# dispatches with isinstance and ends in ``assert_never``, so mypy rejects a handler
+# that forgets a kind. GIs are named by their placement start (``gi_start``): the
+# executor maps it to the driver's GI ID, read back after creation. ``gi_id`` and
+# ``ci_id`` are the observed IDs of instances that exist already (destroy actions).
 
-SET_MODE = "set_mode"
-RESET = "reset"
-DESTROY_CI = "destroy_ci"
-DESTROY_GI = "destroy_gi"
-CREATE_GI = "create_gi"
-CREATE_CI = "create_ci"
+
+def assert_never(value: NoReturn) -> NoReturn:
+    """The end of an exhaustive isinstance chain over a union: mypy reports a missing
+    branch as an error here, and at run time an unknown value is a bug."""
+    raise AssertionError(f"unhandled value: {value!r}")
 
 
 @dataclass(frozen=True)
-class Action:
-    """One change to one GPU.
+class SetMode:
+    """Enable or disable MIG mode (Ampere: pending until a reset)."""
 
-    GIs are named by their placement start (``gi_start``); the executor maps it to the
-    driver's GI ID, which it reads back after creation. ``gi_id`` and ``ci_id`` are the
-    observed IDs of instances that exist already (destroy actions)."""
-
-    kind: str
     gpu: str  # GPU uuid
     gpu_index: int
-    enabled: Optional[bool] = None  # set_mode
-    if_pending: bool = False  # reset: only when the mode change stayed pending
-    profile: str = ""  # GI or CI profile name
-    profile_id: Optional[int] = None
-    placement: Optional[Placement] = None  # GI placement (GI actions), CI placement (CI actions)
-    gi_start: Optional[int] = None  # the GI (CI actions, and GI actions)
-    gi_id: Optional[int] = None
-    ci_id: Optional[int] = None
+    enabled: bool
+    kind: ClassVar[str] = "set_mode"
 
     def describe(self) -> str:
-        """One line for plan output and the journal."""
-        gpu = f"GPU {self.gpu_index}"
-        if self.kind == SET_MODE:
-            return f"{gpu}: {'enable' if self.enabled else 'disable'} MIG mode"
-        if self.kind == RESET:
-            cond = " if the mode change stays pending" if self.if_pending else ""
-            return f"{gpu}: reset the GPU{cond}"
-        if self.kind == DESTROY_CI:
-            return f"{gpu}: destroy CI {self.ci_id} ({self.profile} at {self.placement}) in GI {self.gi_id}"
-        if self.kind == DESTROY_GI:
-            return f"{gpu}: destroy GI {self.gi_id} ({self.profile} at {self.placement})"
-        if self.kind == CREATE_GI:
-            return f"{gpu}: create GI {self.profile} at {self.placement}"
-        if self.kind == CREATE_CI:
-            return f"{gpu}: create CI {self.profile} at {self.placement} in the GI at slice {self.gi_start}"
-        return f"{gpu}: {self.kind}"
+        return f"GPU {self.gpu_index}: {'enable' if self.enabled else 'disable'} MIG mode"
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Reset the GPU; ``if_pending``: only when the mode change stayed pending."""
+
+    gpu: str
+    gpu_index: int
+    if_pending: bool
+    kind: ClassVar[str] = "reset"
+
+    def describe(self) -> str:
+        cond = " if the mode change stays pending" if self.if_pending else ""
+        return f"GPU {self.gpu_index}: reset the GPU{cond}"
+
+
+@dataclass(frozen=True)
+class DestroyCi:
+    gpu: str
+    gpu_index: int
+    profile: str  # CI profile name
+    profile_id: int
+    placement: Placement  # compute slices of the GI
+    gi_start: int
+    gi_id: int
+    ci_id: int
+    kind: ClassVar[str] = "destroy_ci"
+
+    def describe(self) -> str:
+        return (
+            f"GPU {self.gpu_index}: destroy CI {self.ci_id} ({self.profile} at "
+            f"{self.placement}) in GI {self.gi_id}"
+        )
+
+
+@dataclass(frozen=True)
+class DestroyGi:
+    gpu: str
+    gpu_index: int
+    profile: str  # GI profile name
+    profile_id: int
+    placement: Placement  # memory slices
+    gi_id: int
+    kind: ClassVar[str] = "destroy_gi"
+
+    def describe(self) -> str:
+        return f"GPU {self.gpu_index}: destroy GI {self.gi_id} ({self.profile} at {self.placement})"
+
+
+@dataclass(frozen=True)
+class CreateGi:
+    gpu: str
+    gpu_index: int
+    profile: str
+    profile_id: int
+    placement: Placement  # the GI is named by placement.start from here on
+    kind: ClassVar[str] = "create_gi"
+
+    def describe(self) -> str:
+        return f"GPU {self.gpu_index}: create GI {self.profile} at {self.placement}"
+
+
+@dataclass(frozen=True)
+class CreateCi:
+    gpu: str
+    gpu_index: int
+    profile: str
+    profile_id: int
+    placement: Placement  # compute slices of the GI
+    gi_start: int  # the GI, by its placement start
+    kind: ClassVar[str] = "create_ci"
+
+    def describe(self) -> str:
+        return (
+            f"GPU {self.gpu_index}: create CI {self.profile} at {self.placement} "
+            f"in the GI at slice {self.gi_start}"
+        )
+
+
+Action = Union[SetMode, Reset, DestroyCi, DestroyGi, CreateGi, CreateCi]
 
 
 @dataclass(frozen=True)

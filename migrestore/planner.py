@@ -32,14 +32,12 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 from migrestore.errors import BusyError, InfeasibleError
 from migrestore.model import (
-    CREATE_CI,
-    CREATE_GI,
-    DESTROY_CI,
-    DESTROY_GI,
-    RESET,
-    SET_MODE,
     Action,
     ComputeInstance,
+    CreateCi,
+    CreateGi,
+    DestroyCi,
+    DestroyGi,
     GiProfile,
     GpuInstance,
     GpuPlan,
@@ -48,6 +46,8 @@ from migrestore.model import (
     InstanceSpec,
     Placement,
     Plan,
+    Reset,
+    SetMode,
 )
 from migrestore.placement import solve_cis, solve_gis
 
@@ -131,18 +131,18 @@ class _Builder:
         self.gpu = gpu
         self.force = force
         self.label = gpu.label()
-        self.destroy_cis: List[Tuple[Tuple[int, int], Action]] = []
-        self.destroy_gis: List[Tuple[int, Action]] = []
+        self.destroy_cis: List[Tuple[Tuple[int, int], DestroyCi]] = []
+        self.destroy_gis: List[Tuple[int, DestroyGi]] = []
         self.mode: List[Action] = []
-        self.create_gis: List[Tuple[int, Action]] = []
-        self.create_cis: List[Tuple[Tuple[int, int], Action]] = []
+        self.create_gis: List[Tuple[int, CreateGi]] = []
+        self.create_cis: List[Tuple[Tuple[int, int], CreateCi]] = []
         self.busy: Optional[BusyError] = None
 
     def set_mode(self, enabled: bool) -> None:
-        self.mode.append(Action(SET_MODE, self.gpu.uuid, self.gpu.index, enabled=enabled))
+        self.mode.append(SetMode(self.gpu.uuid, self.gpu.index, enabled))
 
     def reset(self, if_pending: bool) -> None:
-        self.mode.append(Action(RESET, self.gpu.uuid, self.gpu.index, if_pending=if_pending))
+        self.mode.append(Reset(self.gpu.uuid, self.gpu.index, if_pending))
 
     def _refuse(self, instance: str, pids: Tuple[int, ...]) -> None:
         if pids and not self.force and self.busy is None:
@@ -150,8 +150,7 @@ class _Builder:
 
     def destroy_ci(self, gi: GpuInstance, ci: ComputeInstance) -> None:
         self._refuse(f"CI {ci.ci_id} ({ci.profile} at {ci.placement}) in {gi.describe()}", ci.pids)
-        act = Action(
-            DESTROY_CI,
+        act = DestroyCi(
             self.gpu.uuid,
             self.gpu.index,
             profile=ci.profile,
@@ -167,33 +166,28 @@ class _Builder:
         self._refuse(gi.describe(), gi.pids)
         for ci in gi.cis:
             self.destroy_ci(gi, ci)
-        act = Action(
-            DESTROY_GI,
+        act = DestroyGi(
             self.gpu.uuid,
             self.gpu.index,
             profile=gi.profile,
             profile_id=gi.profile_id,
             placement=gi.placement,
-            gi_start=gi.placement.start,
             gi_id=gi.gi_id,
         )
         self.destroy_gis.append((gi.placement.start, act))
 
     def create_gi(self, profile: GiProfile, placement: Placement) -> None:
-        act = Action(
-            CREATE_GI,
+        act = CreateGi(
             self.gpu.uuid,
             self.gpu.index,
             profile=profile.name,
             profile_id=profile.id,
             placement=placement,
-            gi_start=placement.start,
         )
         self.create_gis.append((placement.start, act))
 
     def create_ci(self, gi_start: int, name: str, profile_id: int, placement: Placement) -> None:
-        act = Action(
-            CREATE_CI,
+        act = CreateCi(
             self.gpu.uuid,
             self.gpu.index,
             profile=name,

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from migrestore import __version__, metrics, statefile
 from migrestore.errors import MigrestoreError
-from migrestore.model import RESET_ALLOW, Config, GpuState
+from migrestore.model import RESET_ALLOW, Config, GpuState, RunResult
 
 __all__ = ["Publisher", "assess"]
 
@@ -118,9 +118,9 @@ class Publisher:
             return
         doc = dict(self.last)
         doc["checked"] = _now()
-        doc["gpus"] = statefile.build_state("converged", "", observed, 0.0, problems=assessment)[
-            "gpus"
-        ]
+        doc["gpus"] = statefile.build_state(
+            RunResult.CONVERGED, "", observed, 0.0, problems=assessment
+        )["gpus"]
         self._write_metrics(doc)
 
     def _write_metrics(self, doc: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Rendering of observed GPUs for ``migrestore status`` and ``migrestore profiles``.
+"""Rendering for people and scripts: ``status``, ``profiles``, ``plan`` and drift lines.
 
 Rules:
 
@@ -10,13 +10,31 @@ Rules:
    hides: GI and CI placements as ``start:size``, possible placements as nvidia-smi
    ``mig -lgipp`` prints them (``{0,1,2,3,4,5,6}:1``). A ``*`` marks the CI profile
    ``nvidia-smi mig -cci``/``-C`` creates by default.
+4. A plan reads like a diff: ``-`` destroys, ``~`` mode changes and resets, ``+``
+   creations, one action per line in the planner's order, then the no-op notes and the
+   GPUs no rule matched, then one closing line. Each action kind has its own JSON
+   fields (exhaustive over ``model.Action``, checked by mypy).
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
 
-from migrestore.model import CiProfile, GiProfile, GpuState, Placement
+from migrestore.model import (
+    Action,
+    CiProfile,
+    CreateCi,
+    CreateGi,
+    DestroyCi,
+    DestroyGi,
+    GiProfile,
+    GpuState,
+    Placement,
+    Plan,
+    Reset,
+    SetMode,
+    assert_never,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -283,3 +301,68 @@ def profiles_text(observed: Sequence[GpuState]) -> str:
             lines.extend(_table(_CI_HEADER, ci_rows))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _sign(action: Action) -> str:
+    if isinstance(action, (DestroyCi, DestroyGi)):
+        return "-"
+    if isinstance(action, (SetMode, Reset)):
+        return "~"
+    if isinstance(action, (CreateGi, CreateCi)):
+        return "+"
+    assert_never(action)
+
+
+def action_json(action: Action) -> Dict[str, Any]:
+    """One action as data: GPU, kind, the kind's own fields, and its description."""
+    item: Dict[str, Any] = {"gpu": action.gpu_index, "uuid": action.gpu, "action": action.kind}
+    if isinstance(action, SetMode):
+        item["enabled"] = action.enabled
+    elif isinstance(action, Reset):
+        item["if_pending"] = action.if_pending
+    elif isinstance(action, (DestroyCi, DestroyGi, CreateGi, CreateCi)):
+        item["profile"] = action.profile
+        item["placement"] = _pair(action.placement)
+        if isinstance(action, CreateCi):
+            item["gi_start"] = action.gi_start
+        if isinstance(action, (DestroyCi, DestroyGi)):
+            item["gi_id"] = action.gi_id
+        if isinstance(action, DestroyCi):
+            item["ci_id"] = action.ci_id
+    else:
+        assert_never(action)
+    item["description"] = action.describe()
+    return item
+
+
+def plan_json(plan: Plan) -> Dict[str, Any]:
+    """``migrestore plan --json``."""
+    return {
+        "converged": plan.converged,
+        "actions": [action_json(a) for a in plan.actions],
+        "unmatched": list(plan.unmatched),
+        "notes": list(plan.notes),
+    }
+
+
+def plan_text(plan: Plan) -> str:
+    """``migrestore plan`` and ``apply --dry-run``: a diff of the GPUs (rule 4)."""
+    lines = [f"{_sign(a)} {a.describe()}" for a in plan.actions]
+    lines.extend(f"  {note}" for note in plan.notes)
+    lines.extend(f"  GPU {label}: no rule matches, left as it is" for label in plan.unmatched)
+    if plan.converged:
+        lines.append("nothing to do: the GPUs match the config")
+    else:
+        lines.append(f"{len(plan.actions)} change(s) planned")
+    return "\n".join(lines) + "\n"
+
+
+def drift_text(actions: Sequence[Action], shown: int = 3) -> str:
+    """The drift a watch tick found, in one line: the first actions that would undo it."""
+    text = "; ".join(a.describe() for a in actions[:shown])
+    if len(actions) > shown:
+        text += f" (+{len(actions) - shown} more)"
+    return text

@@ -66,7 +66,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from migrestore import atomic
 from migrestore.errors import StateFileError
-from migrestore.model import ComputeInstance, GpuInstance, GpuState, Placement
+from migrestore.model import ComputeInstance, GpuInstance, GpuState, Placement, RunResult
 
 __all__ = [
     "DEFAULT_STATE",
@@ -80,7 +80,7 @@ __all__ = [
 
 STATE_VERSION = 1
 DEFAULT_STATE = "/run/migrestore/state.json"
-RESULTS = ("converged", "applied", "failed", "drift")
+RESULTS = tuple(r.value for r in RunResult)  # the spellings of model.RunResult
 
 _FIX = "delete it; migrestore writes it again on its next run"
 _WRITE_FIX = "run as root, or set MIGRESTORE_STATE to a writable path"
@@ -140,7 +140,7 @@ def _gpu(gpu: GpuState, problems: Mapping[str, Optional[str]]) -> Dict[str, Any]
 
 
 def build_state(
-    result: str,
+    result: RunResult,
     message: str,
     observed: Sequence[GpuState],
     duration: float,
@@ -161,14 +161,16 @@ def build_state(
     """The state document (schema in the module docstring). ``problems`` maps the UUID
     of each GPU a rule matches to None (it is as desired) or the one line that says why
     it is not. ValueError for a ``result`` outside ``RESULTS``."""
-    if result not in RESULTS:
-        raise ValueError(f"state result {result!r} is not one of {', '.join(RESULTS)}")
+    try:
+        result = RunResult(result)
+    except ValueError:
+        raise ValueError(f"state result {result!r} is not one of {', '.join(RESULTS)}") from None
     when = now if now is not None else datetime.datetime.now(datetime.timezone.utc)
     issues = problems or {}
     return {
         "version": STATE_VERSION,
         "time": _utc_text(when),
-        "result": result,
+        "result": result.value,
         "message": " ".join(message.split()),
         "duration": round(float(duration), 3),
         "config": config_path,

@@ -65,9 +65,11 @@ from migrestore.model import (
     RESET_ALLOW,
     RESET_NEVER,
     Config,
+    DriftPolicy,
     GpuSpec,
     Hook,
     InstanceSpec,
+    ResetPolicy,
     Rule,
     Selector,
 )
@@ -417,11 +419,11 @@ def native_config(
     node = get("driver-wait")
     if node is not None:
         driver_wait = read_seconds(doc, node, "driver-wait", 0.0, 3600.0)
-    ampere_reset = RESET_ALLOW
+    ampere_reset: str = RESET_ALLOW
     node = get("ampere-reset")
     if node is not None:
         ampere_reset = read_choice(doc, node, "ampere-reset", (RESET_ALLOW, RESET_NEVER))
-    drift_policy = DRIFT_RESTORE
+    drift_policy: str = DRIFT_RESTORE
     drift_interval = 60.0
     node = get("drift")
     if node is not None:
@@ -476,9 +478,9 @@ def native_config(
         path=doc.path,
         rules=rules,
         clients=clients,
-        drift_policy=drift_policy,
+        drift_policy=DriftPolicy(drift_policy),
         drift_interval=drift_interval,
-        ampere_reset=ampere_reset,
+        ampere_reset=ResetPolicy(ampere_reset),
         driver_wait=driver_wait,
         hooks=hooks,
         selected=selected,

@@ -1,4 +1,4 @@
-"""Rendering of observed GPUs: JSON fields and serialisability, text rows."""
+"""Rendering: observed GPUs (JSON fields and serialisability, text rows), plans and drift."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ from typing import Tuple
 
 from migrestore import render
 from migrestore.model import (
+    Action,
     CiProfile,
     ComputeInstance,
+    CreateCi,
+    CreateGi,
+    DestroyCi,
+    DestroyGi,
     GiProfile,
     GpuIdentity,
     GpuInstance,
+    GpuPlan,
     GpuState,
     Placement,
+    Plan,
+    Reset,
+    SetMode,
 )
 
 UUID0 = "GPU-a2df41b2-0ba1-1d44-e4c4-79338246060e"
@@ -205,3 +214,69 @@ def test_placements_text() -> None:
     assert render.placements_text((Placement(4, 4), Placement(0, 4))) == "{0,4}:4"
     mixed = (Placement(0, 2), Placement(4, 3), Placement(2, 2))
     assert render.placements_text(mixed) == "{0,2}:2 {4}:3"
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _one_of_each() -> Tuple[Action, ...]:
+    return (
+        DestroyCi(UUID0, 0, "1c.3g.40gb", 0, Placement(1, 1), gi_start=4, gi_id=2, ci_id=1),
+        DestroyGi(UUID0, 0, "1g.10gb", 19, Placement(0, 1), gi_id=7),
+        SetMode(UUID0, 0, enabled=True),
+        Reset(UUID0, 0, if_pending=True),
+        CreateGi(UUID0, 0, "3g.40gb", 9, Placement(0, 4)),
+        CreateCi(UUID0, 0, "3g.40gb", 2, Placement(0, 3), gi_start=0),
+    )
+
+
+def test_plan_text_is_a_diff_with_notes_and_unmatched_gpus() -> None:
+    plan = Plan(
+        (GpuPlan(UUID0, 0, _one_of_each()), GpuPlan(UUID1, 1, ())),
+        unmatched=(f"1 ({UUID1})",),
+        notes=("GPU 2: converged (MIG off)",),
+    )
+    assert render.plan_text(plan) == (
+        "- GPU 0: destroy CI 1 (1c.3g.40gb at 1:1) in GI 2\n"
+        "- GPU 0: destroy GI 7 (1g.10gb at 0:1)\n"
+        "~ GPU 0: enable MIG mode\n"
+        "~ GPU 0: reset the GPU if the mode change stays pending\n"
+        "+ GPU 0: create GI 3g.40gb at 0:4\n"
+        "+ GPU 0: create CI 3g.40gb at 0:3 in the GI at slice 0\n"
+        "  GPU 2: converged (MIG off)\n"
+        f"  GPU 1 ({UUID1}): no rule matches, left as it is\n"
+        "6 change(s) planned\n"
+    )
+    assert render.plan_text(Plan(())) == "nothing to do: the GPUs match the config\n"
+
+
+def test_plan_json_gives_each_kind_exactly_its_fields() -> None:
+    data = render.plan_json(Plan((GpuPlan(UUID0, 0, _one_of_each()),)))
+    json.dumps(data)
+    assert data["converged"] is False
+    keys = [sorted(set(a) - {"gpu", "uuid", "action", "description"}) for a in data["actions"]]
+    assert [a["action"] for a in data["actions"]] == [
+        "destroy_ci",
+        "destroy_gi",
+        "set_mode",
+        "reset",
+        "create_gi",
+        "create_ci",
+    ]
+    assert keys == [
+        ["ci_id", "gi_id", "placement", "profile"],
+        ["gi_id", "placement", "profile"],
+        ["enabled"],
+        ["if_pending"],
+        ["placement", "profile"],
+        ["gi_start", "placement", "profile"],
+    ]
+    assert data["actions"][0]["placement"] == [1, 1]
+
+
+def test_drift_text_shows_three_actions_and_counts_the_rest() -> None:
+    actions = _one_of_each()
+    assert render.drift_text(actions[:2]) == (
+        "GPU 0: destroy CI 1 (1c.3g.40gb at 1:1) in GI 2; GPU 0: destroy GI 7 (1g.10gb at 0:1)"
+    )
+    assert render.drift_text(actions).endswith("GPU 0: enable MIG mode (+3 more)")

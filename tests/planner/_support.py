@@ -20,15 +20,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from migrestore.model import (
     ARCH_AMPERE,
     ARCH_HOPPER,
-    CREATE_CI,
-    CREATE_GI,
-    DESTROY_CI,
-    DESTROY_GI,
-    RESET,
-    SET_MODE,
     Action,
     CiProfile,
     ComputeInstance,
+    CreateCi,
+    CreateGi,
+    DestroyCi,
+    DestroyGi,
     GiProfile,
     GpuIdentity,
     GpuInstance,
@@ -36,6 +34,8 @@ from migrestore.model import (
     GpuState,
     InstanceSpec,
     Placement,
+    Reset,
+    SetMode,
     media_class,
 )
 
@@ -340,18 +340,20 @@ class Simulated:
     def apply(self, action: Action) -> None:
         if action.gpu != self.gpu.uuid or action.gpu_index != self.gpu.index:
             raise ActionRejected(f"action for another GPU: {action}")
-        handler = {
-            SET_MODE: self._set_mode,
-            RESET: self._reset,
-            DESTROY_CI: self._destroy_ci,
-            DESTROY_GI: self._destroy_gi,
-            CREATE_GI: self._create_gi,
-            CREATE_CI: self._create_ci,
-        }[action.kind]
-        handler(action)
+        if isinstance(action, SetMode):
+            self._set_mode(action)
+        elif isinstance(action, Reset):
+            self._reset(action)
+        elif isinstance(action, DestroyCi):
+            self._destroy_ci(action)
+        elif isinstance(action, DestroyGi):
+            self._destroy_gi(action)
+        elif isinstance(action, CreateGi):
+            self._create_gi(action)
+        else:
+            self._create_ci(action)
 
-    def _set_mode(self, action: Action) -> None:
-        assert action.enabled is not None
+    def _set_mode(self, action: SetMode) -> None:
         if self.gis and action.enabled != self.current:
             raise ActionRejected("mode change with instances present")
         if not self.gpu.identity.mig_capable:
@@ -360,7 +362,7 @@ class Simulated:
         if not self.gpu.identity.resets_for_mode:
             self.current = action.enabled
 
-    def _reset(self, action: Action) -> None:
+    def _reset(self, action: Reset) -> None:
         if not self.gpu.identity.resets_for_mode:
             raise ActionRejected("a reset planned on a GPU that changes its mode at once")
         if self.gis:
@@ -370,8 +372,8 @@ class Simulated:
         self.current = self.pending
         self.gis.clear()
 
-    def _destroy_ci(self, action: Action) -> None:
-        gi = self.gis.get(action.gi_id if action.gi_id is not None else -1)
+    def _destroy_ci(self, action: DestroyCi) -> None:
+        gi = self.gis.get(action.gi_id)
         if gi is None:
             raise ActionRejected(f"destroy CI in missing GI {action.gi_id}")
         if gi.placement.start != action.gi_start:
@@ -385,8 +387,8 @@ class Simulated:
             raise ActionRejected(f"destroy CI names {action.profile} at {action.placement}")
         self.gis[gi.gi_id] = replace(gi, cis=tuple(c for c in gi.cis if c is not ci))
 
-    def _destroy_gi(self, action: Action) -> None:
-        gi = self.gis.get(action.gi_id if action.gi_id is not None else -1)
+    def _destroy_gi(self, action: DestroyGi) -> None:
+        gi = self.gis.get(action.gi_id)
         if gi is None:
             raise ActionRejected(f"destroy of missing GI {action.gi_id}")
         if gi.cis:
@@ -395,7 +397,7 @@ class Simulated:
             raise ActionRejected(f"destroy GI names {action.profile} at {action.placement}")
         del self.gis[gi.gi_id]
 
-    def _create_gi(self, action: Action) -> None:
+    def _create_gi(self, action: CreateGi) -> None:
         if not self.current:
             raise ActionRejected("create GI with MIG mode off (NOT_SUPPORTED)")
         profile = self.profile(action.profile)
@@ -404,9 +406,6 @@ class Simulated:
         placement = action.placement
         if placement not in profile.placements:
             raise ActionRejected(f"{profile.name} at {placement} is not a possible placement")
-        assert placement is not None
-        if action.gi_start != placement.start:
-            raise ActionRejected("create GI: gi_start is not the placement start")
         for gi in self.gis.values():
             if gi.placement.overlaps(placement):
                 raise ActionRejected(f"{profile.name} at {placement} overlaps {gi.describe()}")
@@ -417,7 +416,7 @@ class Simulated:
         self.next_gi += 1
         self.gis[self.next_gi] = GpuInstance(self.next_gi, profile.id, profile.name, placement)
 
-    def _create_ci(self, action: Action) -> None:
+    def _create_ci(self, action: CreateCi) -> None:
         gi = self.gi_at(action.gi_start)
         profile = self.profile(gi.profile)
         ci_profile = profile.ci_profile(action.profile)
@@ -426,7 +425,6 @@ class Simulated:
         placement = action.placement
         if placement not in ci_profile.placements:
             raise ActionRejected(f"{ci_profile.name} at {placement} is not a possible placement")
-        assert placement is not None
         for ci in gi.cis:
             if ci.placement.overlaps(placement):
                 raise ActionRejected(f"CI {ci_profile.name} at {placement} overlaps CI {ci.ci_id}")

@@ -13,17 +13,18 @@ from migrestore.model import (
     ARCH_AMPERE,
     ARCH_BLACKWELL,
     ARCH_HOPPER,
-    CREATE_CI,
-    CREATE_GI,
-    DESTROY_CI,
-    DESTROY_GI,
     Action,
+    CreateCi,
+    CreateGi,
+    DestroyCi,
+    DestroyGi,
     GpuInstance,
     GpuSpec,
     GpuState,
     InstanceSpec,
     Placement,
     Plan,
+    Reset,
 )
 from migrestore.planner import gpu_converged, plan
 from tests.planner._support import (
@@ -119,7 +120,7 @@ def test_ci_layout_change_keeps_the_gi() -> None:
         "GPU 0: create CI 1c.3g.40gb at 1:1 in the GI at slice 4",
         "GPU 0: create CI 1c.3g.40gb at 2:1 in the GI at slice 4",
     ]
-    assert not any(a.kind in (CREATE_GI, DESTROY_GI) for a in p.actions)
+    assert not any(isinstance(a, (CreateGi, DestroyGi)) for a in p.actions)
 
 
 def test_ci_change_keeps_the_matching_cis() -> None:
@@ -136,21 +137,17 @@ def test_action_fields() -> None:
     spec = GpuSpec(True, (InstanceSpec("3g.40gb", compute=("2c.3g.40gb",)),))
     (d_ci, d_gi, c_gi, c_ci) = only(plan({gpu.uuid: spec}, [gpu]), 3)
     uuid = gpu.uuid
-    assert d_ci == Action(
-        DESTROY_CI, uuid, 3, profile="1c.2g.20gb", profile_id=0, placement=Placement(1, 1),
+    assert d_ci == DestroyCi(
+        uuid, 3, profile="1c.2g.20gb", profile_id=0, placement=Placement(1, 1),
         gi_start=2, gi_id=7, ci_id=0,
     )  # fmt: skip
-    assert d_gi == Action(
-        DESTROY_GI, uuid, 3, profile="2g.20gb", profile_id=14, placement=Placement(2, 2),
-        gi_start=2, gi_id=7,
-    )  # fmt: skip
-    assert c_gi == Action(
-        CREATE_GI, uuid, 3, profile="3g.40gb", profile_id=9, placement=Placement(0, 4), gi_start=0
+    assert d_gi == DestroyGi(
+        uuid, 3, profile="2g.20gb", profile_id=14, placement=Placement(2, 2), gi_id=7
     )
-    assert c_ci == Action(
-        CREATE_CI, uuid, 3, profile="2c.3g.40gb", profile_id=1, placement=Placement(0, 2),
-        gi_start=0,
-    )  # fmt: skip
+    assert c_gi == CreateGi(uuid, 3, profile="3g.40gb", profile_id=9, placement=Placement(0, 4))
+    assert c_ci == CreateCi(
+        uuid, 3, profile="2c.3g.40gb", profile_id=1, placement=Placement(0, 2), gi_start=0
+    )
 
 
 def test_actions_are_ordered_destroy_ci_destroy_gi_create_gi_create_ci() -> None:
@@ -306,14 +303,14 @@ def test_ampere_enable_resets_only_if_pending() -> None:
         "GPU 0: reset the GPU if the mode change stays pending",
         *CREATES,
     ]
-    assert p.actions[1].if_pending is True
+    assert p.actions[1] == Reset(gpu.uuid, 0, if_pending=True)
 
 
 def test_ampere_pending_enable_is_reset_unconditionally() -> None:
     gpu = _fresh(ARCH_AMPERE, current=False, pending=True)
     p = plan({gpu.uuid: ONE}, [gpu])
     assert lines(p) == ["GPU 0: reset the GPU", *CREATES]
-    assert p.actions[0].if_pending is False
+    assert p.actions[0] == Reset(gpu.uuid, 0, if_pending=False)
 
 
 def test_ampere_reset_forbidden_by_policy() -> None:

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from migrestore import tables
 from migrestore.errors import BusyError
 from migrestore.model import (
-    DESTROY_CI,
-    DESTROY_GI,
     Action,
+    DestroyCi,
+    DestroyGi,
     GiProfile,
     GpuInstance,
     GpuSpec,
@@ -127,7 +127,7 @@ def draw_spec(data: st.DataObject, model: str, observed: Optional[GpuState] = No
 
 def _destroys_busy(gpu: GpuState, actions: Sequence[Action]) -> bool:
     busy = {(gi.gi_id, ci.ci_id) for gi in gpu.instances for ci in gi.cis if ci.pids}
-    return any(a.kind == DESTROY_CI and (a.gi_id, a.ci_id) in busy for a in actions)
+    return any(isinstance(a, DestroyCi) and (a.gi_id, a.ci_id) in busy for a in actions)
 
 
 @SETTINGS
@@ -194,7 +194,7 @@ def test_plan_keeps_as_many_gis_as_possible(data: st.DataObject) -> None:
     if not (spec.mig and gpu.mig_current):
         return
     actions = plan({gpu.uuid: spec}, [gpu]).actions
-    destroyed = {a.gi_id for a in actions if a.kind == DESTROY_GI}
+    destroyed = {a.gi_id for a in actions if isinstance(a, DestroyGi)}
     kept = len(gpu.instances) - len(destroyed)
     assert kept == _best_keep(MODELS[model].profiles, model, gpu, spec)
 
