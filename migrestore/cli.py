@@ -295,7 +295,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = configmod.load(_config_path(args), args.select)
     with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
-    plan, _desired = engine.make_plan(cfg, observed, force=args.force)
+    plan = engine.decide(cfg, observed, force=args.force).plan
     if args.json:
         _print_json(render.plan_json(plan))
     else:
@@ -317,7 +317,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             from migrestore import render
 
-            plan, _ = engine.make_plan(cfg, nv.observe(), force=args.force)
+            plan = engine.decide(cfg, nv.observe(), force=args.force).plan
             sys.stdout.write(render.plan_text(plan))
             return EXIT_OK
         with GpuLock(backend.lock_path(_simulate(args)), timeout=args.lock_timeout):
@@ -417,7 +417,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     with Nvml(backend.choose(_simulate(args))) as nv:
         observed = nv.observe()
-    plan, _ = engine.make_plan(cfg, observed, force=True)
+    plan = engine.decide(cfg, observed, force=True).plan
     changes = len(plan.actions)
     sys.stdout.write(
         f"{path}: valid and feasible on {len(observed)} GPU(s); "

@@ -1,31 +1,47 @@
-"""One convergence pass: observe, plan, stop clients, apply, verify, restart clients.
+"""One convergence pass, shared by ``migrestore apply`` and the daemon.
 
-Shared by ``migrestore apply`` and the daemon, so both behave the same way.
+The pass is one sequence, read top to bottom in ``converge``:
+
+    observe -> decide (pure) -> [converged: stop here]
+            -> with the client units stopped: change -> verify
+            -> (the units it stopped are started again) -> hooks, CDI refresh
 
 Rules:
 
-1. Nothing is touched when the plan is empty: no unit is stopped, no NVML change made.
-2. An invalid or infeasible layout is rejected by the planner before any unit is stopped.
-3. Client units are stopped only when there is something to change, and exactly the
-   units that were stopped are started again (``--no-block``), on success and on every
-   failure path.
-4. Post-apply hooks and the CDI refresh run only after a verified change.
-5. The caller holds the GPU lock for the whole pass.
+1. Observe and decide once. ``look`` reads the geometry alone (no MIG device UUIDs nor
+   processes) and decides from it; the device scan is read, and the decision made
+   again, only when the plan would destroy an instance and processes matter (not
+   ``force``). ``decide`` is pure: it matches rules to GPUs and plans.
+2. Nothing is touched when the plan is empty: no unit is stopped, no NVML change made.
+3. An invalid or infeasible layout is rejected by the planner before any unit is
+   stopped; its error names the rule's ``file:line`` (the planner attaches it).
+4. Client units are stopped only when there is something to change, inside
+   ``services.clients_stopped``, which starts exactly the units it stopped (and those an
+   earlier run left stopped) again on every way out: success, error, Ctrl-C.
+5. Post-apply hooks and the CDI refresh run only after a verified change.
+6. The caller holds the GPU lock for the whole pass. This module does no file I/O.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
-from migrestore import atomic, planner
 from migrestore import config as configmod
-from migrestore.errors import InfeasibleError, MigrestoreError, StateFileError
-from migrestore.model import Config, GpuState, Plan, Reset, ResetPolicy, RunResult
+from migrestore import planner
+from migrestore.errors import MigrestoreError
+from migrestore.model import (
+    Config,
+    DestroyCi,
+    DestroyGi,
+    GpuSpec,
+    GpuState,
+    Plan,
+    Reset,
+    ResetPolicy,
+    RunResult,
+)
 from migrestore.nvml import Nvml
 
 if TYPE_CHECKING:
@@ -33,6 +49,49 @@ if TYPE_CHECKING:
 
 APPLY_BUDGET = 120.0  # seconds asked of systemd for the NVML changes of one pass
 RESET_BUDGET = 60.0  # and for each GPU reset on top
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a pass decided, and from what."""
+
+    plan: Plan
+    desired: Dict[str, Optional[GpuSpec]]
+    observed: Tuple[GpuState, ...]
+    # False: ``observed`` is the geometry alone (no MIG device UUIDs nor processes)
+    devices_read: bool = True
+
+    @property
+    def converged(self) -> bool:
+        return self.plan.converged
+
+    @property
+    def destroys(self) -> bool:
+        return any(isinstance(a, (DestroyCi, DestroyGi)) for a in self.plan.actions)
+
+
+def decide(
+    cfg: Config, observed: Tuple[GpuState, ...], *, force: bool, devices_read: bool = True
+) -> Decision:
+    """Pure: match the config's rules to ``observed`` and plan.
+
+    Raises:
+        InfeasibleError: naming the rule's file:line; BusyError (unless ``force``).
+    """
+    desired = configmod.resolve(cfg, observed)
+    plan = planner.plan(
+        desired, observed, force=force, allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW
+    )
+    return Decision(plan, dict(desired), observed, devices_read)
+
+
+def look(nv: Nvml, cfg: Config, *, force: bool) -> Decision:
+    """Observe and decide, once (rule 1)."""
+    decision = decide(cfg, nv.observe(devices=False), force=True, devices_read=False)
+    if decision.converged or force or not decision.destroys:
+        return decision
+    # Only the processes on instances the plan destroys can change the answer.
+    return decide(cfg, nv.observe(), force=force)
 
 
 @dataclass(frozen=True)
@@ -82,17 +141,6 @@ class Outcome:
         return text
 
 
-SYSTEMD_RUNTIME = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
-
-
-def manages_units(ctl: Optional[Systemctl]) -> bool:
-    """Client units can be managed when systemd runs (or a systemctl was named
-    explicitly). Without systemd no unit can be running, so there is none to stop."""
-    if ctl is None:
-        return False
-    return ctl.binary != "systemctl" or os.path.isdir(SYSTEMD_RUNTIME)
-
-
 def driver_of(nv: Optional[Nvml]) -> Optional[str]:
     """The driver version for the state file, or None when it cannot be read."""
     if nv is None:
@@ -138,87 +186,11 @@ def state_document(
 
 
 def left_stopped(state_path: str, log: Any) -> Tuple[str, ...]:
-    """The client units earlier runs stopped and could not start again (rule 3's note)."""
-    return _read_pending(_pending_file(state_path), log)
-
-
-def make_plan(
-    cfg: Config, observed: Tuple[GpuState, ...], *, force: bool
-) -> Tuple[Plan, Dict[str, Any]]:
-    desired = configmod.resolve(cfg, observed)
-    try:
-        plan = planner.plan(
-            desired, observed, force=force, allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW
-        )
-    except InfeasibleError as exc:
-        if exc.where:
-            raise
-        # Name the rule that asked for the layout, so the operator knows what to edit.
-        where = cfg.path
-        for gpu in observed:
-            spec = desired.get(gpu.uuid)
-            if spec is not None and exc.gpu in (gpu.label(), str(gpu.index), gpu.uuid):
-                where = spec.source or cfg.path
-        raise InfeasibleError(exc.gpu, exc.reason, where) from None
-    return plan, dict(desired)
-
-
-def _pending_file(state_path: str) -> str:
-    """Where the units stopped and not yet started again are recorded (rule 3): beside
-    the state file, so a run killed between the stop and the start leaves a note that
-    the next run reads."""
-    return state_path + ".stopped-units" if state_path else ""
-
-
-def _read_pending(path: str, log: Any) -> Tuple[str, ...]:
-    if not path:
-        return ()
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return ()
-    except (OSError, ValueError, RecursionError) as exc:
-        log.warning("stopped_units_unreadable", path=path, error=str(exc))
-        return ()
-    units = data.get("units") if isinstance(data, dict) else None
-    if not isinstance(units, list):
-        return ()
+    """The client units earlier runs stopped and could not start again (the note
+    ``services.clients_stopped`` keeps beside the state file)."""
     from migrestore import services
 
-    return tuple(u for u in units if isinstance(u, str) and services.check_unit_name(u) is None)
-
-
-def _write_pending(path: str, units: Tuple[str, ...]) -> None:
-    """Raises StateFileError when the note cannot be written or removed."""
-    if not path:
-        return
-    fix = "free space there, or set MIGRESTORE_STATE to a writable path"
-    try:
-        if not units:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-    except OSError as err:
-        raise StateFileError(
-            f"stopped-units note {path}: cannot write: {err.strerror or err} ({fix})"
-        ) from None
-    data = json.dumps({"units": list(units)}).encode("utf-8")
-    atomic.write_bytes(path, data, what="stopped-units note", fix=fix, prefix=".stopped-")
-
-
-def _restart(
-    ctl: Optional[Systemctl], units: Tuple[str, ...], pending_path: str, log: Any
-) -> Tuple[str, ...]:
-    """Start ``units`` again (--no-block); forget those whose start was queued."""
-    if ctl is None:
-        return ()
-    from migrestore import services
-
-    failed = services.start_clients(ctl, units, log) if units else ()
-    _write_pending(pending_path, tuple(u for u in units if u in failed))
-    return failed
+    return services.read_note(services.note_path(state_path), log)
 
 
 def converge(
@@ -230,12 +202,13 @@ def converge(
     force: bool = False,
     status: Optional[Callable[[str], None]] = None,
     extend: Optional[Callable[[float], None]] = None,
-    observed: Optional[Tuple[GpuState, ...]] = None,
+    decision: Optional[Decision] = None,
     state_path: str = "",
 ) -> Outcome:
-    """Bring the GPUs to ``cfg``. ``ctl`` None: no client units are managed (tests, or
-    ``apply --no-clients``). Units an earlier run stopped and could not start again
-    (it was killed, say) are started by this one.
+    """Bring the GPUs to ``cfg``. ``decision``: one the caller made already under the
+    same lock (the watch's drift tick), used instead of observing again. ``ctl`` None: no
+    client units are managed (tests, or ``apply --no-clients``). Units an earlier run
+    stopped and could not start again (it was killed, say) are started by this one.
 
     Raises:
         InfeasibleError, BusyError: before anything is touched.
@@ -244,100 +217,83 @@ def converge(
     say = status or (lambda _text: None)
     more_time = extend or (lambda _seconds: None)
     started = time.monotonic()
-    pending_path = _pending_file(state_path) if manages_units(ctl) else ""
-    left_stopped = _read_pending(pending_path, log)
-    if left_stopped:
-        log.warning("units_left_stopped", units=",".join(left_stopped), outcome="starting them")
-    if observed is None:
-        # Whether anything must change is a question about the geometry alone; the
-        # MIG device scan (UUIDs, processes) is read only when something must.
-        light = nv.observe(devices=False)
-        plan, desired = make_plan(cfg, light, force=True)
-        if plan.converged:
-            for label in plan.unmatched:
-                log.info("gpu_unmatched", gpu=label, outcome="left as it is")
-            failed = _restart(ctl, left_stopped, pending_path, log)
-            return Outcome(
+    # Only a pass that changes something needs the executor and hooks (rule 2: a
+    # converged start stays light); services reads the note of an earlier run.
+    from migrestore import services
+
+    with services.clients_stopped(ctl, state_path, log) as clients:
+        if decision is None:
+            decision = look(nv, cfg, force=force)  # observe, decide
+        plan = decision.plan
+        for label in plan.unmatched:
+            log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+        if not plan.converged:
+            from migrestore import executor
+
+            for action in plan.actions:
+                log.debug("planned", gpu=action.gpu_index, action=action.describe())
+            if cfg.clients:
+                say("stopping GPU clients")
+                # systemd's start timeout must cover every bounded stop
+                more_time(cfg.unit_timeout * len(cfg.clients) + 30)
+                clients.stop(cfg.clients, cfg.unit_timeout)
+            say(f"applying {len(plan.actions)} changes")
+            resets = sum(1 for a in plan.actions if isinstance(a, Reset))
+            more_time(APPLY_BUDGET + RESET_BUDGET * resets)
+            result = executor.execute(  # change, then verify
+                nv,
                 plan,
-                light,
-                start_failed=failed,
-                unmatched=plan.unmatched,
-                notes=plan.notes,
-                devices_read=False,
+                decision.desired,
+                decision.observed,
+                log=log,
+                allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
             )
-        observed = nv.observe()
-    before = observed
-    try:
-        plan, desired = make_plan(cfg, before, force=force)
-    except MigrestoreError:
-        _restart(ctl, left_stopped, pending_path, log)
-        raise
-    for label in plan.unmatched:
-        log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+    # Leaving the block started the stopped units again (rule 4).
     if plan.converged:
-        failed = _restart(ctl, left_stopped, pending_path, log)
         return Outcome(
-            plan, before, start_failed=failed, unmatched=plan.unmatched, notes=plan.notes
-        )
-
-    # Only a pass that changes something needs these (a converged start stays light).
-    from migrestore import executor, hooks, services
-
-    for action in plan.actions:
-        log.debug("planned", gpu=action.gpu_index, action=action.describe())
-    stopped: Tuple[str, ...] = ()
-    start_failed: Tuple[str, ...] = ()
-    try:
-        if cfg.clients and manages_units(ctl):
-            assert ctl is not None
-            say("stopping GPU clients")
-            # systemd's start timeout must cover every bounded stop
-            more_time(cfg.unit_timeout * len(cfg.clients) + 30)
-            active = tuple(u for u in cfg.clients if ctl.is_active(u))
-            # written before the first stop: a run killed from here on leaves the note
-            _write_pending(pending_path, tuple(dict.fromkeys(left_stopped + active)))
-            stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
-        elif cfg.clients and ctl is not None:
-            log.warning(
-                "clients_not_managed", outcome="systemd is not running: no client unit to stop"
-            )
-        say(f"applying {len(plan.actions)} changes")
-        resets = sum(1 for a in plan.actions if isinstance(a, Reset))
-        more_time(APPLY_BUDGET + RESET_BUDGET * resets)
-        result = executor.execute(
-            nv,
             plan,
-            desired,
-            before,
-            log=log,
-            allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
+            decision.observed,
+            start_failed=clients.start_failed,
+            unmatched=plan.unmatched,
+            notes=plan.notes,
+            devices_read=decision.devices_read,
         )
-    finally:
-        # On success, on every error and on an interrupt (Ctrl-C): exactly the units
-        # stopped, plus those an earlier run left stopped, are started again.
-        again = tuple(dict.fromkeys(stopped + left_stopped))
-        start_failed = _restart(ctl, again, pending_path, log)
     duration = time.monotonic() - started
+    return Outcome(
+        plan,
+        result.observed,
+        changes=result.changes,
+        stopped=clients.stopped,
+        start_failed=clients.start_failed,
+        duration=duration,
+        hook_failures=_post_apply(cfg, plan, result.changes, state_path, log, say, more_time),
+        unmatched=plan.unmatched,
+        notes=plan.notes,
+    )
+
+
+def _post_apply(
+    cfg: Config,
+    plan: Plan,
+    changes: int,
+    state_path: str,
+    log: Any,
+    say: Callable[[str], None],
+    more_time: Callable[[float], None],
+) -> Tuple[str, ...]:
+    """Hooks and the CDI refresh after a verified change (rule 5): the failures."""
+    from migrestore import hooks
+
     failures: Tuple[str, ...] = ()
     if cfg.hooks:
         say("running post-apply hooks")
         more_time(sum(h.timeout for h in cfg.hooks) + 30)
         changed = tuple(sorted({a.gpu for a in plan.actions}))
         env = hooks.result_environment(
-            RunResult.APPLIED.value, f"{result.changes} NVML changes", state_path, cfg.path, changed
+            RunResult.APPLIED.value, f"{changes} NVML changes", state_path, cfg.path, changed
         )
         failures = tuple(hooks.run_hooks(cfg.hooks, log, env))
     cdi_error = hooks.refresh_cdi(log)
     if cdi_error:
         failures += (f"CDI refresh: {cdi_error}",)
-    return Outcome(
-        plan,
-        result.observed,
-        changes=result.changes,
-        stopped=stopped,
-        start_failed=start_failed,
-        duration=duration,
-        hook_failures=failures,
-        unmatched=plan.unmatched,
-        notes=plan.notes,
-    )
+    return failures

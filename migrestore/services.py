@@ -20,14 +20,22 @@ Rules:
 5. ``systemctl`` runs with ``--no-ask-password`` (a service cannot answer a prompt)
    and every call is bounded. Its path is ``$MIGRESTORE_SYSTEMCTL`` when set, which
    is how tests put a stand-in in its place.
+6. ``clients_stopped`` is the one place a pass stops clients: a context manager that,
+   on every way out (success, error, Ctrl-C), starts exactly the units it stopped plus
+   those an earlier run left stopped. Before the first stop it writes a note beside the
+   state file naming them, so a run killed in between leaves the next run a list to
+   start; the note then keeps only the units whose start could not be queued.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
-from migrestore.errors import ServiceError
+from migrestore import atomic
+from migrestore.errors import ServiceError, StateFileError
 from migrestore.logs import BoundLogger
 from migrestore.proc import Completed, run_bounded
 from migrestore.units import UNIT_SUFFIXES, check_unit_name
@@ -35,8 +43,13 @@ from migrestore.units import UNIT_SUFFIXES, check_unit_name
 __all__ = [
     "QUERY_TIMEOUT",
     "UNIT_SUFFIXES",
+    "Clients",
     "Systemctl",
     "check_unit_name",
+    "clients_stopped",
+    "manages_units",
+    "note_path",
+    "read_note",
     "start_clients",
     "stop_clients",
     "validate_unit",
@@ -179,3 +192,118 @@ def stop_clients(
             text += f"; could not start again: {', '.join(failed)} (start them by hand)"
         raise ServiceError(text) from None
     return tuple(stopped)
+
+
+# --------------------------------------------------------------------------- one pass
+
+SYSTEMD_RUNTIME = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
+
+
+def manages_units(ctl: Optional[Systemctl]) -> bool:
+    """Client units can be managed when systemd runs (or a systemctl was named
+    explicitly). Without systemd no unit can be running, so there is none to stop."""
+    if ctl is None:
+        return False
+    return ctl.binary != "systemctl" or os.path.isdir(SYSTEMD_RUNTIME)
+
+
+def note_path(state_path: str) -> str:
+    """Where the units stopped and not yet started again are recorded (rule 6)."""
+    return state_path + ".stopped-units" if state_path else ""
+
+
+def read_note(path: str, log: BoundLogger) -> Tuple[str, ...]:
+    if not path:
+        return ()
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError, RecursionError) as exc:
+        log.warning("stopped_units_unreadable", path=path, error=str(exc))
+        return ()
+    units = data.get("units") if isinstance(data, dict) else None
+    if not isinstance(units, list):
+        return ()
+    return tuple(u for u in units if isinstance(u, str) and check_unit_name(u) is None)
+
+
+def _write_note(path: str, units: Tuple[str, ...]) -> None:
+    """The note, written atomically; none left when ``units`` is empty.
+
+    Raises:
+        StateFileError: it cannot be written or removed.
+    """
+    if not path:
+        return
+    fix = "free space there, or set MIGRESTORE_STATE to a writable path"
+    try:
+        if not units:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    except OSError as err:
+        raise StateFileError(
+            f"stopped-units note {path}: cannot write: {err.strerror or err} ({fix})"
+        ) from None
+    data = json.dumps({"units": list(units)}).encode("utf-8")
+    atomic.write_bytes(path, data, what="stopped-units note", fix=fix, prefix=".stopped-")
+
+
+class Clients:
+    """The client units of one pass: what it stopped, and what could not be started
+    again. Made by ``clients_stopped``."""
+
+    def __init__(self, ctl: Optional[Systemctl], note: str, log: BoundLogger) -> None:
+        self.ctl = ctl
+        self.note = note
+        self.log = log
+        self.earlier = read_note(note, log)  # units an earlier run left stopped
+        self.stopped: Tuple[str, ...] = ()
+        self.start_failed: Tuple[str, ...] = ()
+
+    def stop(self, units: Sequence[str], timeout: float) -> None:
+        """Stop the active ones of ``units`` (rule 2), the note written first."""
+        if not units or self.ctl is None:
+            return
+        if not manages_units(self.ctl):
+            self.log.warning(
+                "clients_not_managed", outcome="systemd is not running: no client unit to stop"
+            )
+            return
+        active = tuple(u for u in units if self.ctl.is_active(u))
+        # Written before the first stop, so a run killed from here on leaves the note;
+        # one that cannot be written stops nothing (StateFileError).
+        _write_note(self.note, tuple(dict.fromkeys(self.earlier + active)))
+        self.stopped = stop_clients(self.ctl, units, timeout, self.log)
+
+    def start_again(self) -> None:
+        again = tuple(dict.fromkeys(self.stopped + self.earlier))
+        if self.ctl is None:
+            return
+        failed = start_clients(self.ctl, again, self.log) if again else ()
+        self.start_failed = failed
+        try:
+            _write_note(self.note, tuple(u for u in again if u in failed))
+        except StateFileError as exc:
+            # on the way out: the error that ended the pass, if any, is the one to see
+            self.log.warning("stopped_units_note_not_written", error=str(exc))
+
+
+@contextlib.contextmanager
+def clients_stopped(
+    ctl: Optional[Systemctl], state_path: str, log: BoundLogger
+) -> Iterator[Clients]:
+    """A pass's client units (rule 6): ``clients.stop(units, timeout)`` inside the block
+    stops the active ones; leaving the block, however, starts exactly those again, plus
+    the units an earlier run left stopped. ``ctl`` None: no unit is managed."""
+    managed = manages_units(ctl)
+    clients = Clients(ctl, note_path(state_path) if managed else "", log)
+    if clients.earlier:
+        log.warning("units_left_stopped", units=",".join(clients.earlier), outcome="starting them")
+    try:
+        yield clients
+    finally:
+        clients.start_again()
