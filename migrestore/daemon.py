@@ -24,6 +24,7 @@ acts on them), woken through a self-pipe so an idle daemon sleeps in select().
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -359,6 +360,10 @@ def run(
             return exc.exit_code
         if once:
             return EXIT_OK
+        # Start-up is over (cli rule 4): what it built lives to the end, so it moves
+        # out of the collector's way, and the long watch collects as usual.
+        gc.freeze()
+        gc.enable()
         return daemon.watch(signals)
     finally:
         daemon.close()

@@ -139,6 +139,8 @@ ARCH_BLACKWELL = "blackwell"
 
 @dataclass(frozen=True)
 class GpuIdentity:
+    """Who a GPU is, as NVML names it; read once per session."""
+
     index: int
     uuid: str  # "GPU-..."
     pci_bus_id: str  # "00000000:18:00.0"
@@ -156,6 +158,8 @@ class GpuIdentity:
 
 @dataclass(frozen=True)
 class ComputeInstance:
+    """A CI as observed, with its MIG device UUID and the processes on it."""
+
     ci_id: int
     profile_id: int
     profile: str  # CI profile name
@@ -166,6 +170,8 @@ class ComputeInstance:
 
 @dataclass(frozen=True)
 class GpuInstance:
+    """A GI as observed, with its CIs."""
+
     gi_id: int
     profile_id: int
     profile: str  # GI profile name
@@ -302,6 +308,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Hook:
+    """A post-apply hook: an argv run without a shell, bounded by ``timeout``."""
+
     argv: Tuple[str, ...]
     timeout: float = 60.0
     line: Optional[int] = None
@@ -373,6 +381,8 @@ class Reset:
 
 @dataclass(frozen=True)
 class DestroyCi:
+    """Destroy an observed CI (it names the GI by ID and by start)."""
+
     gpu: str
     gpu_index: int
     profile: str  # CI profile name
@@ -392,6 +402,8 @@ class DestroyCi:
 
 @dataclass(frozen=True)
 class DestroyGi:
+    """Destroy an observed GI (its CIs are destroyed before)."""
+
     gpu: str
     gpu_index: int
     profile: str  # GI profile name
@@ -406,6 +418,8 @@ class DestroyGi:
 
 @dataclass(frozen=True)
 class CreateGi:
+    """Create a GI at an exact placement."""
+
     gpu: str
     gpu_index: int
     profile: str
@@ -419,6 +433,8 @@ class CreateGi:
 
 @dataclass(frozen=True)
 class CreateCi:
+    """Create a CI at an exact placement in the GI that starts at ``gi_start``."""
+
     gpu: str
     gpu_index: int
     profile: str
@@ -439,6 +455,8 @@ Action = Union[SetMode, Reset, DestroyCi, DestroyGi, CreateGi, CreateCi]
 
 @dataclass(frozen=True)
 class GpuPlan:
+    """The actions of one GPU, in order."""
+
     gpu: str  # uuid
     gpu_index: int
     actions: Tuple[Action, ...]
@@ -447,6 +465,8 @@ class GpuPlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """The actions of every GPU; empty exactly when the GPUs show the config."""
+
     gpus: Tuple[GpuPlan, ...]
     unmatched: Tuple[str, ...] = ()  # labels of GPUs no rule matched (left untouched)
     notes: Tuple[str, ...] = field(default=())  # no-op reasons, one line each

@@ -55,6 +55,8 @@ from migrestore.placement import solve_cis, solve_gis
 
 @dataclass(frozen=True)
 class _GpuOutcome:
+    """The plan of one GPU, or why it needs none."""
+
     actions: Tuple[Action, ...]
     note: str  # why nothing is done, when nothing is done
     busy: Optional[BusyError]  # the first instance with processes the plan would destroy

@@ -558,15 +558,20 @@ def pid_alive(pid: int) -> bool:
 
 
 def prune_dead(state: SimState) -> bool:
-    """Drop holders and MIG-device processes that died; True if any was dropped."""
+    """Drop holders and MIG-device processes that died; True if any was dropped.
+
+    It runs before every call, so it allocates nothing where no process is listed."""
     changed = False
     for gpu in state.gpus:
-        alive = [p for p in gpu.holders if pid_alive(p)]
-        if alive != gpu.holders:
-            gpu.holders = alive
-            changed = True
+        if gpu.holders:
+            alive = [p for p in gpu.holders if pid_alive(p)]
+            if alive != gpu.holders:
+                gpu.holders = alive
+                changed = True
         for gi in gpu.gis:
             for ci in gi.cis:
+                if not ci.pids:
+                    continue
                 alive = [p for p in ci.pids if pid_alive(p)]
                 if alive != ci.pids:
                     ci.pids = alive

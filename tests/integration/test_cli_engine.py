@@ -3,11 +3,12 @@ validate, export, exit codes, and minimal change on an 8-GPU node."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
 
-from migrestore import tables
+from migrestore import cli, tables
 from migrestore.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from tests.integration.cli_util import layout_of, run, sim, sim_show, write
 
@@ -219,3 +220,29 @@ def test_export_round_trips(model: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert plan["converged"] is True, plan
     assert run(capsys, "--simulate", state, "-c", out, "apply", "--no-clients").code == EXIT_OK
     assert changes(capsys, state) == before
+
+
+def test_the_collector_is_paused_while_a_command_runs_and_restored_after(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cli rule 4: start-up objects live to the end, so collections would only scan
+    them; ``main`` gives the collector back as it found it."""
+    seen = []
+
+    def probe(_args: object) -> int:
+        seen.append(gc.isenabled())
+        return EXIT_OK
+
+    monkeypatch.setitem(cli.COMMANDS, "profiles", probe)
+    assert gc.isenabled()
+    assert cli.main(["profiles"]) == EXIT_OK
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        assert cli.main(["profiles"]) == EXIT_OK
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    # a real command, the same way
+    assert run(capsys, "--simulate", "h100-80gb-hbm3:1", "status").code == EXIT_OK
+    assert gc.isenabled()
