@@ -92,7 +92,9 @@ def test_geometry_only_observe_skips_the_mig_device_scan(tmp_path: Path) -> None
         full = nv.observe()
         counter = count_calls()
         light = nv.observe(devices=False)
-        assert counter.total == 8 * (1 + 7 + 7 * 3)
+        # per GPU: the mode, one GI list (the seven 1g.10gb leave no room for a GI of
+        # any other profile: nvml rule 9), per GI its info, its CI list and CI info
+        assert counter.total == 8 * (1 + 1 + 7 * 3)
         assert not counter.calls["nvmlDeviceGetMigDeviceHandleByIndex"]
     for a, b in zip(full, light):
         assert [(gi.profile, gi.placement) for gi in a.instances] == [
@@ -124,3 +126,23 @@ def test_identical_gpus_share_one_profile_table_read() -> None:
         assert many[name] <= 2 * one[name]
     assert observed[8].profiles != observed[0].profiles
     assert all(gpu.profiles == observed[0].profiles for gpu in observed[:8])
+
+
+def test_gi_lists_are_asked_only_for_profiles_that_still_fit() -> None:
+    """nvml rule 9: a profile whose every placement overlaps the GIs found so far is not
+    listed; one with a free placement is, whatever else was found."""
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
+        (gpu,) = nv.observe()
+        assert nv.set_mig_mode(gpu.uuid, True) == "NVML_SUCCESS"
+        for profile_id, placement in ((9, Placement(0, 4)), (19, Placement(4, 1))):
+            gi = nv.create_gi(gpu.uuid, profile_id, placement)  # 3g.40gb, 1g.10gb
+            nv.create_ci(gpu.uuid, gi.gi_id, 0, None)
+        counter = count_calls()
+        observed = nv.observe_gpu(gpu.uuid)
+        assert [(gi.profile, str(gi.placement)) for gi in observed.instances] == [
+            ("3g.40gb", "0:4"),
+            ("1g.10gb", "4:1"),
+        ]
+        # In table order: 1g.10gb, 2g.20gb, 3g.40gb are listed; 4g.40gb (0:4) and
+        # 7g.80gb (0:8) cannot fit; 1g.10gb+me (slices 5, 6) and 1g.20gb (6:2) can.
+        assert counter.calls["nvmlDeviceGetGpuInstances"] == 5
