@@ -59,7 +59,7 @@ def _common(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         "--simulate",
         metavar="SPEC",
         default=default(None),
-        help="use simulated GPUs: MODEL[:COUNT][,MODEL[:COUNT]...] (fresh, in memory) or a "
+        help="use simulated GPUs: MODEL[:COUNT][@BRANCH][,...] (fresh, in memory) or a "
         "simulator state file (see migrestore-sim)",
     )
     parser.add_argument(

@@ -107,11 +107,14 @@ def _gi(row: Dict[str, Any]) -> GiProfile:
     )
 
 
-def _table(name: str, row: Dict[str, Any]) -> ModelTable:
+def table_from_json(name: str, row: Dict[str, Any]) -> ModelTable:
+    """A ``ModelTable`` from one model entry of a models.json document (the bundled one,
+    or the simulator's, whose entries list every PCI device ID: the first is used)."""
+    pci = row["pci_device_ids"][0] if "pci_device_ids" in row else row["pci_device_id"]
     return ModelTable(
         name=name,
         nvml_name=str(row["nvml_name"]),
-        pci_device_id=int(str(row["pci_device_id"]), 16),
+        pci_device_id=int(str(pci), 16),
         architecture=str(row["architecture"]),
         arch_code=int(row["arch_code"]),
         memory_mib=int(row["memory_mib"]),
@@ -137,7 +140,7 @@ def raw_document() -> Dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _load() -> Tuple[Tuple[str, ModelTable], ...]:
     rows = raw_document()["models"]
-    return tuple((name, _table(name, rows[name])) for name in MODEL_NAMES)
+    return tuple((name, table_from_json(name, rows[name])) for name in MODEL_NAMES)
 
 
 def load_models() -> Dict[str, ModelTable]:

@@ -22,9 +22,8 @@ import sys
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from migrestore import tables
 from migrestore.errors import MigrestoreError
-from migrestore.simulator import clib, codes, engine
+from migrestore.simulator import clib, codes, engine, models
 from migrestore.simulator.core import GPU_RESET, Simulator
 from migrestore.simulator.fakelib import SYMBOL_NAMES
 from migrestore.simulator.state import current_boot_id, write_new
@@ -54,47 +53,100 @@ def _non_negative(text: str) -> int:
 # --------------------------------------------------------------------------- verbs
 
 
+def _provenance_text(prov: Dict[str, Any]) -> str:
+    if prov["kind"] == "inferred":
+        return f"inferred ({prov['rule']})"
+    return f"{prov['kind']} ({prov['source']})"
+
+
+def _model_row(model: models.SimModel) -> Dict[str, Any]:
+    table = model.table
+    raw = models.document()["models"][model.name]
+    return {
+        "name": model.name,
+        "nvml_name": table.nvml_name,
+        "pci_device_ids": [f"0x{p:08X}" for p in model.pci_device_ids],
+        "pci_subsystem_id": f"0x{model.pci_subsystem_id:08X}",
+        "bundled": model.bundled,
+        "architecture": table.architecture,
+        "memory_mib": table.memory_mib,
+        "memory_slices": table.memory_slices,
+        "compute_slices": table.compute_slices,
+        "min_branch": model.min_branch,
+        "default_branch": model.default_branch(),
+        "provenance": model.provenance,
+        "notes": list(model.notes),
+        "gi_profiles": raw["gi_profiles"],
+    }
+
+
+def _by_rule(provenance: Dict[str, Any]) -> str:
+    """``"memory_mib, sms (gi-sms-scale); ..."``: inferred fields grouped by rule."""
+    rules: Dict[str, List[str]] = {}
+    for key, prov in provenance.items():
+        if prov["kind"] == "inferred":
+            rules.setdefault(prov["rule"], []).append(key)
+    if len(rules) == 1 and len(next(iter(rules.values()))) == len(provenance):
+        return f"every field ({next(iter(rules))})"
+    return "; ".join(f"{', '.join(sorted(keys))} ({rule})" for rule, keys in sorted(rules.items()))
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    rows: List[Dict[str, Any]] = []
-    for name, table in tables.load_models().items():
-        rows.append(
-            {
-                "model": name,
-                "nvml_name": table.nvml_name,
-                "pci_device_id": f"0x{table.pci_device_id:08X}",
-                "architecture": table.architecture,
-                "memory_mib": table.memory_mib,
-                "memory_slices": table.memory_slices,
-                "compute_slices": table.compute_slices,
-                "gi_profiles": [p.name for p in table.profiles],
-            }
-        )
+    rows = [_model_row(m) for m in models.all_models().values()]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"models": rows, "rules": models.document()["rules"]}, indent=1))
         return 0
-    print(f"{'MODEL':<24} {'NVML NAME':<46} {'ARCH':<9} {'MEMORY':>10} {'SLICES':>6}  GI PROFILES")
     for row in rows:
+        bundled = "bundled in migrestore" if row["bundled"] else "simulator only"
         print(
-            f"{row['model']:<24} {row['nvml_name']:<46} {row['architecture']:<9} "
-            f"{row['memory_mib']:>6} MiB {row['memory_slices']:>2}/{row['compute_slices']:<3}  "
-            + " ".join(row["gi_profiles"])
+            f"{row['name']}: {row['nvml_name']}  [{bundled}]  {row['architecture']}, "
+            f"{row['memory_mib']} MiB, {row['memory_slices']}/{row['compute_slices']} slices, "
+            f"driver @{row['min_branch']}+ (default @{row['default_branch']})"
         )
+        print(f"  pci device ids: {', '.join(row['pci_device_ids'])}")
+        for key in ("nvml_name", "pci_device_ids", "pci_subsystem_id", "memory_mib"):
+            print(f"  {key}: {_provenance_text(row['provenance'][key])}")
+        for gi in row["gi_profiles"]:
+            inferred = _by_rule(gi["provenance"])
+            kinds = sorted({v["kind"] for v in gi["provenance"].values()} - {"inferred"})
+            ci_rules = sorted(
+                {
+                    v["rule"]
+                    for ci in gi["ci_profiles"]
+                    for v in ci["provenance"].values()
+                    if v["kind"] == "inferred"
+                }
+            )
+            print(
+                f"  {gi['index']:>2} {gi['name']:<16} id {gi['id']:<3} {gi['memory_mib']:>6} MiB "
+                f"{gi['sms']:>3} SMs  {'/'.join(kinds) or '-'}"
+                + (f"; inferred: {inferred}" if inferred else "")
+            )
+            ci_names = " ".join(ci["name"] for ci in gi["ci_profiles"])
+            print(
+                f"       CI {ci_names}"
+                + (f" (inferred: {', '.join(ci_rules)})" if ci_rules else "")
+            )
     return 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     try:
-        models = engine.parse_spec(",".join(args.models))
+        gpus = engine.parse_spec(",".join(args.models))
     except ValueError as err:
         raise MigrestoreError(f"init: {err}") from None
     state = engine.fresh_state(
-        models,
+        gpus,
         passthrough=args.passthrough,
         permute_seed=args.permute_gi_ids,
         boot_id=current_boot_id(),
     )
     write_new(args.state, state, overwrite=args.force)
-    print(f"{args.state}: {len(models)} simulated GPU(s): " + ", ".join(models))
+    branch = gpus[0][1] if gpus else models.DEFAULT_BRANCH
+    print(
+        f"{args.state}: {len(gpus)} simulated GPU(s) on driver branch {branch}: "
+        + ", ".join(m for m, _ in gpus)
+    )
     return 0
 
 
@@ -114,8 +166,8 @@ def _show_text(sim: Simulator) -> str:
             extras.append("permuted GI IDs")
         extra = f"  ({', '.join(extras)})" if extras else ""
         lines.append(
-            f"GPU {gpu.index} {gpu.uuid} {gpu.model} ({table.nvml_name}) {gpu.pci_bus_id}  "
-            f"{mode}{extra}"
+            f"GPU {gpu.index} {gpu.uuid} {gpu.model} ({table.nvml_name}) @{gpu.branch} "
+            f"{gpu.pci_bus_id}  {mode}{extra}"
         )
         if gpu.holders:
             lines.append("  held by pid " + ", ".join(str(p) for p in gpu.holders))
@@ -334,7 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--gpu", type=_gpu, required=True, metavar="N", help="GPU index (or GPU UUID)"
         )
 
-    p = verb("models", cmd_models, "list the GPU models the simulator has tables for")
+    p = verb(
+        "models",
+        cmd_models,
+        "list the simulated GPU models: identity, PCI IDs, whether migrestore bundles the "
+        "table, and where every value comes from (hardware, documented, inferred by a rule)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = verb(
@@ -353,8 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "models",
         nargs="+",
-        metavar="MODEL[:COUNT]",
-        help="GPU models in index order, e.g. h100-80gb-hbm3:8 (see 'models')",
+        metavar="MODEL[:COUNT][@BRANCH]",
+        help=(
+            "GPU models in index order, e.g. h100-80gb-hbm3:8 or h100-80gb-hbm3:2@535 "
+            "(see 'models'); BRANCH is the driver branch ("
+            + ", ".join(str(b) for b in sorted(models.BRANCHES))
+            + f"; default {models.DEFAULT_BRANCH} or the model's first supported), one per node"
+        ),
     )
     p.add_argument(
         "--passthrough",

@@ -32,7 +32,7 @@ import copy
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple, TypeVar, Union
 
 from migrestore.errors import MigrestoreError, NvmlError
 from migrestore.model import Placement
@@ -66,7 +66,8 @@ class Simulator:
 
     def __init__(self, spec: str, sleep: Callable[[float], None] = time.sleep) -> None:
         """Raises:
-        MigrestoreError: a bad spec (``tables.UnknownModel`` for an unknown model).
+        MigrestoreError: a bad spec (``models.UnknownSimModel`` for an unknown model,
+            ``models.BadBranch`` for a bad driver branch).
         StateFileError: the state file is missing or malformed."""
         self.spec = spec
         self.tag = fakelib.new_tag()
@@ -82,6 +83,11 @@ class Simulator:
                 raise MigrestoreError(f"simulator spec: {err}") from None
             self._store = MemoryStore(engine.fresh_state(models), self._housekeeping)
         self.library = fakelib.FakeNvmlLibrary(self)
+
+    def missing_symbols(self) -> FrozenSet[str]:
+        """The NVML symbols the node's driver branch does not export."""
+        with self._store.transaction() as txn:
+            return engine.node_branch(txn.state).missing
 
     @property
     def path(self) -> Optional[str]:

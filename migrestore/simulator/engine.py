@@ -6,8 +6,9 @@ Rules (sources in ``docs/SIMULATOR.md`` and ``nvml-semantics.md``):
    raising ``SimNvmlError`` with the code real NVML returns; so a failed call never leaves
    a half-made change. The fake library (C symbols) and the ``Simulator`` methods (and
    through them ``migrestore-sim``) run the same functions here.
-2. Profile tables are static (``migrestore.tables``); GI placements count memory slices
-   (placement units), CI placements count the compute slices of their GI.
+2. Profile tables are static and the simulator's own (``models``: a GPU's model and its
+   driver branch); GI placements count memory slices (placement units), CI placements
+   count the compute slices of their GI.
 3. GI IDs come from the RM swizzId table by placement (``swizz_id``), optionally through a
    per-GPU permutation, so callers must read them back. CI IDs are the lowest free from 0
    in their GI. MIG device UUIDs are new on every CI creation, derived from a counter in
@@ -24,11 +25,11 @@ from __future__ import annotations
 import os
 import random
 import uuid as uuidlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from migrestore import tables
 from migrestore.model import ARCH_AMPERE, CiProfile, GiProfile, Placement, media_class
-from migrestore.simulator import codes
+from migrestore.simulator import codes, models
 from migrestore.simulator.codes import SimNvmlError
 from migrestore.simulator.state import (
     CHANGE_LOG_SIZE,
@@ -57,7 +58,34 @@ MAX_GPUS = 64  # more than any node has; bounds what a spec can make the simulat
 
 
 def table_of(gpu: GpuRecord) -> tables.ModelTable:
-    return tables.model(gpu.model)
+    return models.table(gpu.model)
+
+
+def branch_of(gpu: GpuRecord) -> models.Branch:
+    return models.branch(gpu.branch)
+
+
+def model_of(gpu: GpuRecord) -> models.SimModel:
+    return models.get(gpu.model)
+
+
+def node_branch(state: SimState) -> models.Branch:
+    """The node's driver branch (every GPU runs the same driver)."""
+    if state.gpus:
+        return branch_of(state.gpus[0])
+    return models.branch(models.branch_of_version(state.driver_version))
+
+
+def check_profiles_readable(gpu: GpuRecord) -> None:
+    """Before R550 GI profile queries answer NOT_SUPPORTED while MIG mode is off
+    (nvml.h: NOT_SUPPORTED "if device doesn't have MIG mode enabled"; mig-parted PR #312:
+    "Older drivers such as R535 does not support querying MIG profiles when MIG mode is
+    disabled"); the 580 probes read them with MIG off."""
+    if branch_of(gpu).profiles_need_mig and not gpu.mig_current:
+        raise SimNvmlError(
+            codes.NOT_SUPPORTED,
+            f"driver branch {gpu.branch} answers profile queries only with MIG mode on",
+        )
 
 
 def gpu_uuid(model: str, index: int) -> str:
@@ -71,10 +99,14 @@ def pci_bus_id(index: int) -> str:
 
 
 def new_gpu(
-    model: str, index: int, passthrough: bool = False, permute_seed: Optional[int] = None
+    model: str,
+    index: int,
+    passthrough: bool = False,
+    permute_seed: Optional[int] = None,
+    branch: int = models.DEFAULT_BRANCH,
 ) -> GpuRecord:
     """A fresh simulated GPU: MIG off, nothing created, nobody holding it."""
-    table = tables.model(model)
+    table = models.table(model)
     id_map = None
     if permute_seed is not None:
         id_map = list(range(gi_id_count(table)))
@@ -86,21 +118,36 @@ def new_gpu(
         pci_bus_id=pci_bus_id(index),
         passthrough=passthrough,
         gi_id_map=id_map,
+        branch=branch,
     )
 
 
-def parse_spec(spec: str) -> List[str]:
-    """``MODEL[:COUNT][,MODEL[:COUNT]...]`` -> one model name per GPU, in index order.
+def parse_spec(spec: str) -> List[Tuple[str, int]]:
+    """``MODEL[:COUNT][@BRANCH][,...]`` -> (model name, driver branch) per GPU, in index
+    order. A part without a branch runs the branch of the others, or the model's
+    default (580, or its first supported branch when later).
 
     Raises:
-        tables.UnknownModel: a model no table has.
+        models.UnknownSimModel: a model the simulator has no table for.
+        models.BadBranch: an unknown branch, one too old for the model, or two branches
+            on one node (a node runs one driver).
         ValueError: a count that is not a positive integer.
     """
-    models: List[str] = []
+    parsed: List[Tuple[str, int, Optional[int]]] = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
             raise ValueError(f"empty model in simulator spec {spec!r}")
+        part, at, branch_text = part.partition("@")
+        wanted: Optional[int] = None
+        if at:
+            if not branch_text.isdigit():
+                raise ValueError(
+                    f"bad driver branch {branch_text!r} in simulator spec {spec!r} "
+                    "(write MODEL[:COUNT]@BRANCH, e.g. h100-80gb-hbm3:2@535)"
+                )
+            wanted = int(branch_text)
+            models.branch(wanted)
         name, _, count_text = part.partition(":")
         count = 1
         if count_text:
@@ -110,22 +157,46 @@ def parse_spec(spec: str) -> List[str]:
                     f"(write MODEL:COUNT with COUNT from 1 to {MAX_GPUS})"
                 )
             count = int(count_text)
-        tables.model(name)
-        models.extend([name] * count)
-    if len(models) > MAX_GPUS:
-        raise ValueError(f"simulator spec {spec!r} asks for {len(models)} GPUs; at most {MAX_GPUS}")
-    return models
+        models.get(name)
+        parsed.extend([(name, count, wanted)])
+    total = sum(count for _, count, _ in parsed)
+    if total > MAX_GPUS:
+        raise ValueError(f"simulator spec {spec!r} asks for {total} GPUs; at most {MAX_GPUS}")
+    given = sorted({b for _, _, b in parsed if b is not None})
+    if len(given) > 1:
+        raise models.BadBranch(
+            f"simulator spec {spec!r} mixes driver branches {', '.join(map(str, given))}: "
+            "a node runs one driver"
+        )
+    if given:
+        node_branch = given[0]
+    else:
+        node_branch = max(models.get(name).default_branch() for name, _, _ in parsed)
+    out: List[Tuple[str, int]] = []
+    for name, count, _ in parsed:
+        models.check_branch(models.get(name), node_branch)
+        out.extend([(name, node_branch)] * count)
+    return out
 
 
 def fresh_state(
-    models: Sequence[str],
+    gpus: Sequence[Union[str, Tuple[str, int]]],
     passthrough: bool = False,
     permute_seed: Optional[int] = None,
     boot_id: str = "",
 ) -> SimState:
+    """A new node of ``gpus``: (model, branch) per GPU as ``parse_spec`` gives them, or a
+    bare model name (the model's default branch)."""
+    pairs = [
+        (g, models.get(g).default_branch()) if isinstance(g, str) else (g[0], g[1]) for g in gpus
+    ]
+    branches = {b for _, b in pairs} or {models.DEFAULT_BRANCH}
+    if len(branches) > 1:
+        raise models.BadBranch("a node runs one driver: one branch for every GPU")
     return SimState(
-        gpus=[new_gpu(m, i, passthrough, permute_seed) for i, m in enumerate(models)],
+        gpus=[new_gpu(m, i, passthrough, permute_seed, b) for i, (m, b) in enumerate(pairs)],
         boot_id=boot_id,
+        driver_version=models.branch(branches.pop()).driver_version,
     )
 
 

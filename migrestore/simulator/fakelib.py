@@ -5,7 +5,8 @@ Rules:
 1. ``attach`` installs a ``FakeNvmlLibrary`` as ``pynvml.nvmlLib``; pynvml then runs
    unchanged: it gets each function with ``getattr(nvmlLib, "nvml...")`` and calls it with
    ctypes arguments. A symbol the simulator does not answer raises ``AttributeError``, so
-   pynvml reports ``NVMLError_FunctionNotFound`` as it does for an older driver.
+   pynvml reports ``NVMLError_FunctionNotFound`` as it does for an older driver; the
+   same holds for a symbol the node's driver branch does not export (``models.Branch``).
 2. Every symbol returns an ``nvmlReturn_t`` integer (``nvmlErrorString`` returns bytes).
    Outputs are written into the caller's memory (``cabi``). Until ``nvmlInitWithFlags``
    succeeded every call but ``nvmlErrorString`` returns NVML_ERROR_UNINITIALIZED.
@@ -33,8 +34,6 @@ from migrestore.model import Placement
 from migrestore.simulator import cabi, codes, engine
 from migrestore.simulator.codes import SimNvmlError
 from migrestore.simulator.state import (
-    CUDA_DRIVER_VERSION,
-    NVML_VERSION,
     CiRecord,
     GiRecord,
     GpuRecord,
@@ -159,7 +158,7 @@ class FakeNvmlLibrary:
 
     def __getattr__(self, name: str) -> _Symbol:
         symbols = self.__dict__.get("_symbols", {})
-        if name in symbols:
+        if name in symbols and name not in self._sim.missing_symbols():
             return symbols[name]  # type: ignore[no-any-return]
         raise AttributeError(f"the simulated libnvidia-ml.so has no symbol {name}")
 
@@ -274,10 +273,12 @@ class FakeNvmlLibrary:
         cabi.text_out(buf, length, txn.state.driver_version, "version")
 
     def _nvml_version(self, txn: Txn, buf: Any, length: Any) -> None:
-        cabi.text_out(buf, length, NVML_VERSION, "version")
+        version = engine.node_branch(txn.state).nvml_version
+        cabi.text_out(buf, length, version, "version")
 
     def _cuda_version(self, txn: Txn, out: Any) -> None:
-        cabi.out(out, ctypes.c_int, "cudaDriverVersion").value = CUDA_DRIVER_VERSION
+        version = engine.node_branch(txn.state).cuda_version
+        cabi.out(out, ctypes.c_int, "cudaDriverVersion").value = version
 
     def _count(self, txn: Txn, out: Any) -> None:
         cabi.out(out, ctypes.c_uint, "deviceCount").value = len(txn.state.gpus)
@@ -335,7 +336,7 @@ class FakeNvmlLibrary:
         info.bus = bus
         info.device = 0
         info.pciDeviceId = engine.table_of(gpu).pci_device_id
-        info.pciSubSystemId = 0
+        info.pciSubSystemId = engine.model_of(gpu).pci_subsystem_id
         info.busId = cabi.fixed_text(gpu.pci_bus_id, cabi.PCI_BUS_ID)
 
     def _architecture(self, txn: Txn, dev: Any, out: Any) -> None:
@@ -385,7 +386,8 @@ class FakeNvmlLibrary:
 
     def _gi_profile_by_index(self, gpu: GpuRecord, index: int) -> Any:
         table = engine.table_of(gpu)
-        if index >= table.invalid_from_index:
+        engine.check_profiles_readable(gpu)
+        if index >= engine.branch_of(gpu).gi_profile_count:
             raise SimNvmlError(codes.INVALID_ARGUMENT, f"profile index {index} is past the end")
         profile = table.profile_by_index(index)
         if profile is None:
@@ -430,6 +432,7 @@ class FakeNvmlLibrary:
 
     def _gi_profile_info_by_id(self, txn: Txn, dev: Any, profile_id: Any, out: Any) -> None:
         gpu = self._gpu(txn, dev)
+        engine.check_profiles_readable(gpu)
         pid = cabi.uint(profile_id, "profileId")
         profile = engine.table_of(gpu).profile_by_id(pid)
         if profile is None:
@@ -450,6 +453,7 @@ class FakeNvmlLibrary:
 
     def _gi_capacity(self, txn: Txn, dev: Any, profile_id: Any, out: Any) -> None:
         gpu = self._gpu(txn, dev)
+        engine.check_profiles_readable(gpu)
         profile = self._gi_profile_by_id(gpu, profile_id)
         count = cabi.out(out, ctypes.c_uint, "count")
         count.value = engine.gi_remaining_capacity(engine.table_of(gpu), gpu, profile)
@@ -483,6 +487,7 @@ class FakeNvmlLibrary:
 
     def _gi_list(self, txn: Txn, dev: Any, profile_id: Any, arr: Any, count: Any) -> None:
         gpu = self._gpu(txn, dev)
+        engine.check_profiles_readable(gpu)
         profile = self._gi_profile_by_id(gpu, profile_id)
         gis = sorted((g for g in gpu.gis if g.profile_id == profile.id), key=lambda g: g.start)
         handles = [self._handle(KIND_GI, gpu, g.serial) for g in gis]

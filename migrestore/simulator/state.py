@@ -4,8 +4,10 @@ Rules:
 
 1. One ``SimState`` holds everything a simulated node has: per GPU its identity, MIG mode
    (current and pending), GIs with their CIs, the pids holding it and the pids running
-   on each MIG device; plus the armed faults, per-call latency and the log of changes.
-   It is plain data; the MIG rules that change it live in ``engine``.
+   on each MIG device, and the driver branch it runs; plus the armed faults, per-call
+   latency and the log of changes. It is plain data; the MIG rules that change it live in
+   ``engine``. State files written before branches were stored still load: a GPU without
+   ``branch`` runs the branch of the file's ``driver_version``.
 2. Two stores give transactions over it. ``MemoryStore`` keeps a fresh state in the
    process. ``FileStore`` keeps it in a JSON file shared by processes: every transaction
    holds an exclusive ``flock`` on the sidecar ``<file>.lock``, re-reads the file only
@@ -30,13 +32,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from migrestore import atomic, tables
-from migrestore.errors import StateFileError
+from migrestore import atomic
+from migrestore.errors import MigrestoreError, StateFileError
+from migrestore.simulator import models
 
 FORMAT = "migrestore-sim/1"
-DRIVER_VERSION = "580.159.04"  # the H100 probe's driver
-NVML_VERSION = "13.580.159.04"
-CUDA_DRIVER_VERSION = 13000
+DRIVER_VERSION = models.BRANCHES[models.DEFAULT_BRANCH].driver_version  # the probes' driver
 CHANGE_LOG_SIZE = 64
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 BOOT_ID_ENV = "MIGRESTORE_SIM_BOOT_ID_FILE"
@@ -66,7 +67,7 @@ class GiRecord:
 @dataclass
 class GpuRecord:
     index: int
-    model: str  # migrestore.tables model name
+    model: str  # simulator model name (simulator.models)
     uuid: str
     pci_bus_id: str
     passthrough: bool = False  # no GPU reset possible (a VM's passthrough GPU)
@@ -75,6 +76,7 @@ class GpuRecord:
     mig_pending: bool = False
     holders: List[int] = field(default_factory=list)  # pids holding the GPU open
     gis: List[GiRecord] = field(default_factory=list)
+    branch: int = models.DEFAULT_BRANCH  # the driver branch (simulator.models.BRANCHES)
 
 
 @dataclass
@@ -181,6 +183,7 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
     return {
         "index": gpu.index,
         "model": gpu.model,
+        "branch": gpu.branch,
         "uuid": gpu.uuid,
         "pci_bus_id": gpu.pci_bus_id,
         "passthrough": gpu.passthrough,
@@ -259,9 +262,10 @@ def from_json(data: Any, where: str) -> SimState:
     fmt = r.get(top, "format", str, "top level")
     if fmt != FORMAT:
         raise r.fail("format", f"expected {FORMAT!r}, found {fmt!r}")
+    driver_version = r.get(top, "driver_version", str, "top level")
     gpus: List[GpuRecord] = []
     for i, raw in enumerate(r.get(top, "gpus", list, "top level")):
-        gpus.append(_gpu_from(r, r.obj(raw, f"gpus[{i}]"), f"gpus[{i}]", i))
+        gpus.append(_gpu_from(r, r.obj(raw, f"gpus[{i}]"), f"gpus[{i}]", i, driver_version))
     changes = []
     for i, raw in enumerate(r.get(top, "changes", list, "top level")):
         at = f"changes[{i}]"
@@ -306,19 +310,30 @@ def from_json(data: Any, where: str) -> SimState:
         faults=faults,
         latency_us=latency,
         freeze_at=freeze_at,
-        driver_version=r.get(top, "driver_version", str, "top level"),
+        driver_version=driver_version,
     )
 
 
-def _gpu_from(r: _Reader, g: Dict[str, Any], at: str, position: int) -> GpuRecord:
+def _gpu_from(
+    r: _Reader, g: Dict[str, Any], at: str, position: int, driver_version: str
+) -> GpuRecord:
     index = r.get(g, "index", int, at)
     if index != position:
         raise r.fail(f"{at}.index", f"GPU at position {position} says index {index}")
     model = r.get(g, "model", str, at)
-    if model not in tables.MODEL_NAMES:
+    if model not in models.model_names():
         raise r.fail(
-            f"{at}.model", f"unknown model {model!r} (known: {', '.join(tables.MODEL_NAMES)})"
+            f"{at}.model",
+            f"unknown model {model!r} (known: {', '.join(models.model_names())})",
         )
+    if "branch" in g:
+        branch = r.get(g, "branch", int, at)
+    else:
+        branch = models.branch_of_version(driver_version)
+    try:
+        models.branch(branch)
+    except MigrestoreError as err:
+        raise r.fail(f"{at}.branch", str(err)) from None
     id_map = g.get("gi_id_map")
     if id_map is not None:
         id_map = r.ints(g, "gi_id_map", at)
@@ -362,6 +377,7 @@ def _gpu_from(r: _Reader, g: Dict[str, Any], at: str, position: int) -> GpuRecor
         mig_pending=r.get(g, "mig_pending", bool, at),
         holders=r.ints(g, "holders", at),
         gis=gis,
+        branch=branch,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Callable, List, Tuple
 import pytest
 
 from migrestore import simulator, tables
-from migrestore.simulator import cli
+from migrestore.simulator import cli, models
 from tests.sim.conftest import BootId
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,12 +72,39 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_models(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "models")
     assert code == 0
-    for name in tables.MODEL_NAMES:
-        assert name in out
+    for name in models.model_names():
+        assert f"{name}: " in out
+    assert "[simulator only]" in out and "[bundled in migrestore]" in out
+    assert "inferred (pci-subsystem-unknown)" in out
     code, out, _ = run(capsys, "models", "--json")
-    rows = json.loads(out)
-    assert [r["model"] for r in rows] == list(tables.MODEL_NAMES)
-    assert rows[3]["nvml_name"] == "NVIDIA H100 80GB HBM3"
+    document = json.loads(out)
+    rows = {r["name"]: r for r in document["models"]}
+    assert list(rows) == list(models.model_names())
+    # Every bundled model is simulated; the simulator also has models migrestore lacks.
+    assert {n for n, r in rows.items() if r["bundled"]} == set(tables.MODEL_NAMES)
+    assert {"b200-180gb", "h20-96gb", "rtx-pro-4500-blackwell"} <= {
+        n for n, r in rows.items() if not r["bundled"]
+    }
+    h100 = rows["h100-80gb-hbm3"]
+    assert h100["nvml_name"] == "NVIDIA H100 80GB HBM3"
+    assert h100["pci_device_ids"] == ["0x233010DE"]
+    assert h100["pci_subsystem_id"] == "0x16C110DE"
+    assert h100["provenance"]["nvml_name"]["kind"] == "hardware"
+    assert rows["a100-pcie-40gb"]["pci_device_ids"] == ["0x20F110DE", "0x20B110DE"]
+    # Every field of every model, GI and CI profile names its provenance; every rule a
+    # field names is one the document defines.
+    for row in rows.values():
+        provs = [row["provenance"]]
+        for gi in row["gi_profiles"]:
+            provs.append(gi["provenance"])
+            provs.extend(ci["provenance"] for ci in gi["ci_profiles"])
+        for prov in provs:
+            for value in prov.values():
+                assert value["kind"] in ("hardware", "documented", "inferred"), value
+                if value["kind"] == "inferred":
+                    assert value["rule"] in document["rules"], value
+                else:
+                    assert value["source"], value
 
 
 def test_init_show_and_drift_verbs(
@@ -89,6 +116,8 @@ def test_init_show_and_drift_verbs(
     assert code == 1 and "--force" in err
     code, _, err = run(capsys, "init", path, "h100", "--force")
     assert code == 1 and "known models" in err
+    code, _, err = run(capsys, "init", path, "h100-80gb-hbm3@999", "--force")
+    assert code == 1 and "driver branch 999 is not simulated" in err
     steps: List[Tuple[List[str], str]] = [
         (["set-mode", path, "--gpu", "1", "on"], "activation NVML_SUCCESS"),
         (["create-gi", path, "--gpu", "1", "--profile", "3g.40gb"], "created GI 2"),

@@ -1,5 +1,5 @@
-"""What pynvml reads through the simulator equals what a real H100 80GB HBM3 (driver 580,
-MIG disabled) answered to the same calls."""
+"""What pynvml reads through the simulator equals what a real H100 80GB HBM3 and a real H200
+(driver 580, MIG disabled) answered to the same calls."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ import pytest
 from migrestore import simulator
 from tests.sim.support import gi_handles, gi_placements, remaining
 
-PROBE = Path("/work/shared/reference/probes/h100-80gb-hbm3-driver580.json")
+PROBES = {
+    "h100-80gb-hbm3": Path("/work/shared/reference/probes/h100-80gb-hbm3-driver580.json"),
+    "h200-141gb": Path("/work/shared/reference/probes/h200-driver580.json"),
+}
 
-pytestmark = pytest.mark.skipif(
-    not PROBE.exists(), reason=f"H100 probe not on this machine ({PROBE})"
-)
 
-
-def _probe() -> Dict[str, Any]:
-    with PROBE.open(encoding="utf-8") as handle:
+def _probe(model: str) -> Dict[str, Any]:
+    path = PROBES[model]
+    if not path.exists():
+        pytest.skip(f"probe not on this machine ({path})")
+    with path.open(encoding="utf-8") as handle:
         data: Dict[str, Any] = json.load(handle)
     return data
 
@@ -30,12 +32,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@pytest.mark.parametrize("model", sorted(PROBES))
 def test_pynvml_reads_the_probe_through_the_simulator(
-    attach: Callable[[str], simulator.Simulator],
+    attach: Callable[[str], simulator.Simulator], model: str
 ) -> None:
-    probe = _probe()
+    probe = _probe(model)
     real = probe["devices"][0]
-    attach("h100-80gb-hbm3")
+    attach(model)
     assert pynvml.nvmlSystemGetDriverVersion() == probe["driver"]
     assert pynvml.nvmlSystemGetNVMLVersion() == probe["nvml_version"]
     assert pynvml.nvmlDeviceGetCount() == probe["count"]

@@ -1,11 +1,13 @@
-"""The bundled model tables: their shape, their agreement with the reference tables and
-the real H100 probe, and the generator that makes them."""
+"""The model tables: the simulator's own (every simulated model, with provenance) and the
+subset migrestore bundles; their agreement with the reference research and the real H100
+and H200 probes; the rules that fill what no source gives; and the generator."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Dict
 
 import pytest
@@ -13,31 +15,19 @@ import pytest
 from migrestore import tables
 from migrestore.errors import MigrestoreError
 from migrestore.model import Placement
+from migrestore.simulator import models
 
-REFERENCE = Path("/work/shared/reference/mig-profiles.json")
-PROBE = Path("/work/shared/reference/probes/h100-80gb-hbm3-driver580.json")
+REFERENCE_DIR = Path("/work/shared/reference")
+PROBES = {
+    "h100-80gb-hbm3": REFERENCE_DIR / "probes" / "h100-80gb-hbm3-driver580.json",
+    "h200-141gb": REFERENCE_DIR / "probes" / "h200-driver580.json",
+}
 ROOT = Path(__file__).resolve().parents[2]
 
 needs_reference = pytest.mark.skipif(
-    not REFERENCE.exists(), reason=f"reference tables not on this machine ({REFERENCE})"
+    not (REFERENCE_DIR / "mig-profiles-newest.json").exists(),
+    reason=f"reference tables not on this machine ({REFERENCE_DIR})",
 )
-needs_probe = pytest.mark.skipif(
-    not PROBE.exists(), reason=f"H100 probe not on this machine ({PROBE})"
-)
-
-# Which reference entry each shipped model comes from (the generator's prefixes).
-REFERENCE_PREFIX = {
-    "a100-sxm4-40gb": "A100-SXM4-40GB",
-    "a100-80gb": "A100 80GB",
-    "a30-24gb": "A30 24GB",
-    "h100-80gb-hbm3": "H100 80GB HBM3",
-    "h100-pcie-80gb": "H100 PCIe 80GB",
-    "h100-nvl-94gb": "H100 NVL 94GB",
-    "h100-96gb": "H100 96GB",
-    "gh200-144gb": "GH200 144GB",
-    "h200-141gb": "H200 141GB",
-    "rtx-pro-6000-blackwell": "RTX PRO 6000 Blackwell",
-}
 
 GI_FIELDS = (
     "index",
@@ -54,32 +44,61 @@ GI_FIELDS = (
 )
 
 
-def _reference() -> Dict[str, Any]:
-    with REFERENCE.open(encoding="utf-8") as handle:
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_models", ROOT / "tools" / "gen_models.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
+
+
+def _sim_row(name: str) -> Dict[str, Any]:
+    row: Dict[str, Any] = models.document()["models"][name]
+    return row
+
+
+def _probe(name: str) -> Dict[str, Any]:
+    with PROBES[name].open(encoding="utf-8") as handle:
         data: Dict[str, Any] = json.load(handle)
     return data
 
 
-def _reference_model(name: str) -> Dict[str, Any]:
-    found = [m for m in _reference()["models"] if m["model"].startswith(REFERENCE_PREFIX[name])]
-    assert len(found) == 1
-    return dict(found[0])
-
-
-def _shipped(name: str) -> Dict[str, Any]:
-    row: Dict[str, Any] = tables.raw_document()["models"][name]
-    return row
-
-
-def test_the_ten_models_ship_in_order() -> None:
+def test_bundled_models_are_a_subset_of_the_simulated_ones() -> None:
     assert tuple(tables.load_models()) == tables.MODEL_NAMES
     assert len(tables.MODEL_NAMES) == 10
-    assert set(REFERENCE_PREFIX) == set(tables.MODEL_NAMES)
+    sims = models.all_models()
+    assert set(tables.MODEL_NAMES) < set(sims)
+    assert [n for n, m in sims.items() if m.bundled] == [n for n in sims if n in tables.MODEL_NAMES]
+    # A bundled table is the simulated model's table, value for value.
+    for name in tables.MODEL_NAMES:
+        assert tables.model(name) == sims[name].table
+    only_sim = [n for n, m in sims.items() if not m.bundled]
+    for wanted in (
+        "a100-pcie-40gb",
+        "a100-pcie-80gb",
+        "h200-nvl-141gb",
+        "h20-96gb",
+        "h800-80gb",
+        "h800-pcie-80gb",
+        "h800-nvl-94gb",
+        "a800-sxm4-80gb",
+        "a800-pcie-80gb",
+        "a800-pcie-40gb",
+        "b200-180gb",
+        "gb200-186gb",
+        "b300-288gb",
+        "gb300-288gb",
+        "rtx-pro-6000-blackwell-ws",
+        "rtx-pro-6000-blackwell-maxq",
+        "rtx-pro-5000-blackwell",
+        "rtx-pro-4500-blackwell",
+    ):
+        assert wanted in only_sim
 
 
-@pytest.mark.parametrize("name", tables.MODEL_NAMES)
+@pytest.mark.parametrize("name", models.model_names())
 def test_table_is_self_consistent(name: str) -> None:
-    table = tables.model(name)
+    table = models.table(name)
     assert table.name == name
     assert table.arch_code == {"ampere": 7, "hopper": 9, "blackwell": 10}[table.architecture]
     indices = [p.index for p in table.profiles]
@@ -87,11 +106,13 @@ def test_table_is_self_consistent(name: str) -> None:
     assert len(set(indices)) == len(indices) and len(set(ids)) == len(ids)
     assert set(indices) | set(table.not_supported_indices) == set(range(table.invalid_from_index))
     assert not set(indices) & set(table.not_supported_indices)
+    assert table.memory_mib >= max(p.memory_mib for p in table.profiles)
     for gi in table.profiles:
         assert gi.placements, gi.name
         assert all(p.end <= table.memory_slices for p in gi.placements)
         assert gi.slices <= table.compute_slices
         assert 1 <= gi.max <= len(gi.placements)
+        assert gi.memory_mib > 0 and gi.sms > 0
         defaults = [ci for ci in gi.ci_profiles if ci.default]
         assert len(defaults) == 1, gi.name
         assert defaults[0].name == gi.name
@@ -101,36 +122,64 @@ def test_table_is_self_consistent(name: str) -> None:
             assert all(p.end <= gi.slices for p in ci.placements), ci.name
             assert ci.max == len(ci.placements)
             assert ci.name == gi.name or ci.name == f"{ci.slices}c.{gi.name}"
+    model = models.get(name)
+    assert model.pci_device_ids and model.table.pci_device_id == model.pci_device_ids[0]
+    assert model.min_branch in models.BRANCHES
+
+
+@pytest.mark.parametrize("name", models.model_names())
+def test_every_field_names_its_provenance(name: str) -> None:
+    rules = models.document()["rules"]
+    row = _sim_row(name)
+    for key in ("nvml_name", "pci_device_ids", "pci_subsystem_id", "memory_mib", "min_branch"):
+        assert key in row["provenance"]
+    for gi in row["gi_profiles"]:
+        assert set(gi["provenance"]) == {*GI_FIELDS, "name", "placements"}
+        for ci in gi["ci_profiles"]:
+            assert set(ci["provenance"]) == {
+                "id",
+                "name",
+                "slices",
+                "max",
+                "sms",
+                "placements",
+                "default",
+            }
+    for prov in _all_provenance(row):
+        if prov["kind"] == "inferred":
+            assert prov["rule"] in rules
+        else:
+            assert prov["kind"] in ("hardware", "documented") and prov["source"]
+
+
+def _all_provenance(row: Dict[str, Any]) -> Any:
+    yield from row["provenance"].values()
+    for gi in row["gi_profiles"]:
+        yield from gi["provenance"].values()
+        for ci in gi["ci_profiles"]:
+            yield from ci["provenance"].values()
 
 
 def test_unknown_model_names_the_valid_ones() -> None:
     with pytest.raises(MigrestoreError) as err:
-        tables.model("h100")
+        models.get("h100")
     text = str(err.value)
-    assert "'h100'" in text
-    for name in tables.MODEL_NAMES:
-        assert name in text
-    assert "\n" not in text
+    assert "'h100'" in text and "b200-180gb" in text and "\n" not in text
+    with pytest.raises(MigrestoreError) as err:
+        tables.model("b200-180gb")  # simulated, not bundled
+    assert "known models" in str(err.value)
 
 
-def test_known_profile_names_cover_gi_and_ci_profiles_of_every_model() -> None:
+def test_known_profile_names_cover_gi_and_ci_profiles_of_every_bundled_model() -> None:
     names = tables.known_profile_names()
     for expected in ("1g.10gb", "1g.10gb+me", "1c.3g.40gb", "7g.141gb", "1g.24gb+me.all"):
         assert expected in names
-    assert not any(n.startswith("MIG ") for n in names)
-    every = {
-        n
-        for t in tables.load_models().values()
-        for gi in t.profiles
-        for n in (gi.name, *(ci.name for ci in gi.ci_profiles))
-    }
-    assert names == every
+    assert "1g.23gb" not in names  # a B200 name: the simulator's, not migrestore's
+    assert "1g.23gb" in {p.name for p in models.table("b200-180gb").profiles}
 
 
 def test_ci_profile_ids_follow_the_nvml_index_rule() -> None:
-    # 1c..4c and 7 compute slices -> NVML_COMPUTE_INSTANCE_PROFILE_* index 0..4; the full
-    # CI of a REV2 1-slice GI (1g.20gb) is 1_SLICE_REV1 = 7.
-    h100 = tables.model("h100-80gb-hbm3")
+    h100 = models.table("h100-80gb-hbm3")
     seven = h100.profile("7g.80gb")
     assert seven is not None
     assert [(ci.id, ci.slices) for ci in seven.ci_profiles] == [
@@ -142,133 +191,158 @@ def test_ci_profile_ids_follow_the_nvml_index_rule() -> None:
     ]
     rev2 = h100.profile("1g.20gb")
     assert rev2 is not None and [ci.id for ci in rev2.ci_profiles] == [7]
-    plain = h100.profile("1g.10gb")
-    assert plain is not None and [ci.id for ci in plain.ci_profiles] == [0]
-    three = h100.profile("3g.40gb")
-    assert three is not None
-    assert {ci.name: (ci.sms, ci.placements) for ci in three.ci_profiles}["1c.3g.40gb"] == (
-        20,  # 60 SMs * 1 // 3: not read, the documented rule
-        (Placement(0, 1), Placement(1, 1), Placement(2, 1)),
+    four = models.table("a100-80gb").profile("4g.40gb")
+    assert four is not None  # read on hardware: no 3c in a 4g GI, 1c = 14 SMs
+    assert [(ci.name, ci.sms) for ci in four.ci_profiles] == [
+        ("1c.4g.40gb", 14),
+        ("2c.4g.40gb", 28),
+        ("4g.40gb", 56),
+    ]
+    prov = {ci["name"]: ci["provenance"] for ci in _gi_row("a100-80gb", "4g.40gb")["ci_profiles"]}
+    assert prov["1c.4g.40gb"]["sms"]["kind"] == "hardware"
+    assert prov["1c.4g.40gb"]["placements"] == {"kind": "inferred", "rule": "ci-placements"}
+
+
+def _gi_row(model: str, profile: str) -> Dict[str, Any]:
+    for gi in _sim_row(model)["gi_profiles"]:
+        if gi["name"] == profile:
+            return dict(gi)
+    raise AssertionError(profile)
+
+
+@needs_reference
+@pytest.mark.parametrize("probe_model", sorted(PROBES))
+def test_memory_rules_fit_both_probes(probe_model: str) -> None:
+    gen = _generator()
+    device = _probe(probe_model)["devices"][0]
+    total = device["mem_total"] // (1024 * 1024)
+    rows = {r["name"][4:]: r for r in device["gi_profiles"] if r["err"] is None}
+    by_slices = {r["placements"][0][1]: r["memorySizeMB"] for r in rows.values()}
+    full = by_slices[8]
+    # gi-memory-full-from-total: exact; memory-total: within 2 MiB.
+    assert gen._round256(total - gen.TOTAL_OVER_FULL_MIB) == full
+    assert abs(full + gen.TOTAL_OVER_FULL_MIB - total) <= 2
+    # gi-memory-fraction for half the memory slices: exact on both.
+    assert gen._round256(full * gen.MEMORY_FRACTION[2]) == by_slices[4]
+    # gi-memory-full-from-name: within 256 MiB, as the rule text says.
+    name = next(n for n, r in rows.items() if r["placements"][0][1] == 8)
+    assert abs(gen._round256(gen._name_gb(name) * gen.FULL_PER_NAME_GB) - full) <= 256
+
+
+def test_inferred_values_follow_their_rules() -> None:
+    b200 = models.table("b200-180gb")
+    seven = b200.profile("7g.180gb")
+    three = b200.profile("3g.90gb")
+    assert seven is not None and three is not None
+    assert seven.memory_mib == round((183359 - 409) / 256) * 256  # from the read total
+    assert three.memory_mib == round(seven.memory_mib * 0.4983 / 256) * 256
+    assert (three.sms, seven.sms) == (66, 148)  # H100 60/132 x 36/32, even
+    prov = _gi_row("b200-180gb", "7g.180gb")["provenance"]
+    assert prov["memory_mib"] == {"kind": "inferred", "rule": "gi-memory-full-from-total"}
+    assert _gi_row("b200-180gb", "2g.45gb")["provenance"]["memory_mib"]["kind"] == "hardware"
+    gh = models.table("gh200-144gb")
+    three_gh, seven_gh = gh.profile("3g.72gb"), gh.profile("7g.144gb")
+    assert three_gh is not None and seven_gh is not None
+    assert seven_gh.memory_mib == round(144 * 1024 * 0.9917 / 256) * 256
+    assert three_gh.memory_mib == round(seven_gh.memory_mib * 0.4983 / 256) * 256
+    h20 = _sim_row("h20-96gb")
+    assert all(
+        gi["provenance"][key]["kind"] == "inferred"
+        for gi in h20["gi_profiles"]
+        for key in ("memory_mib", "sms")
     )
-
-
-def test_inferred_fields_follow_their_rules() -> None:
-    a100 = tables.model("a100-80gb")
-    rev2, two = a100.profile("1g.20gb"), a100.profile("2g.20gb")
-    assert rev2 is not None and two is not None
-    assert rev2.memory_mib == two.memory_mib  # same memory slices
-    rows = {row["name"]: row for row in _shipped("a100-80gb")["gi_profiles"]}
-    assert "memory_mib" in rows["1g.20gb"]["inferred"]
-    gh = tables.model("gh200-144gb")
-    three, four, seven = gh.profile("3g.72gb"), gh.profile("4g.72gb"), gh.profile("7g.144gb")
-    assert three is not None and four is not None and seven is not None
-    assert three.memory_mib == four.memory_mib == round(36096 * 40448 / 20096 / 128) * 128
-    assert (three.sms, four.sms, seven.sms) == (60, 64, 132)  # the H100 probe's
-    assert "memory_mib" in _shipped("gh200-144gb")["inferred"]
-    rtx = tables.model("rtx-pro-6000-blackwell")
+    assert h20["provenance"]["memory_mib"] == {"kind": "inferred", "rule": "memory-total"}
+    rtx5000 = models.table("rtx-pro-5000-blackwell")
+    assert (rtx5000.memory_slices, rtx5000.compute_slices) == (2, 2)
+    assert [p.name for p in rtx5000.profiles][:2] == ["1g.24gb", "2g.48gb"]
+    rtx = models.table("rtx-pro-6000-blackwell")
     assert (rtx.memory_slices, rtx.compute_slices) == (12, 4)
     assert rtx.not_supported_indices == (2, 4, 5, 6, 8, 9)
+    h800 = _sim_row("h800-80gb")
+    assert models.table("h800-80gb").profiles == models.table("h100-80gb-hbm3").profiles
+    assert h800["gi_profiles"][0]["provenance"]["sms"] == {"kind": "inferred", "rule": "same-table"}
 
 
 @needs_reference
-@pytest.mark.parametrize("name", tables.MODEL_NAMES)
-def test_every_value_the_reference_read_is_shipped_unchanged(name: str) -> None:
-    ref = _reference_model(name)
-    shipped = _shipped(name)
-    table = tables.model(name)
-    slices = ref["slices"]
-    assert table.compute_slices == slices["compute"]
-    assert table.memory_slices == slices.get("placement_units", slices["memory"])
-    assert table.architecture == ref["architecture"].split()[0]
-    if ref.get("memory_mib") is not None:
-        assert table.memory_mib == ref["memory_mib"]
-    else:
-        assert "memory_mib" in shipped["inferred"]
-    if ref["pci_device_ids"]:
-        if "pci_device_id" not in shipped["inferred"]:
-            assert f"0x{table.pci_device_id:08X}" == ref["pci_device_ids"][0]
-    else:
-        assert "pci_device_id" in shipped["inferred"]
-    if table.nvml_name != ref.get("nvml_name"):
-        assert "nvml_name" in shipped["inferred"]
-    assert len(ref["gi_profiles"]) == len(table.profiles)
-    rows = {row["name"]: row for row in shipped["gi_profiles"]}
-    for gi in ref["gi_profiles"]:
-        row = rows[gi["name"]]
-        for key in GI_FIELDS:
-            if gi.get(key) is None:
-                assert key in row["inferred"], (gi["name"], key)
-            else:
-                assert row[key] == gi[key], (gi["name"], key)
-        assert row["placements"] == gi["placements"]
-        cis = {ci["id"]: ci for ci in row["ci_profiles"]}
-        for ci in gi.get("ci_profiles") or []:
-            mine = cis[ci["id"]]
-            for key in ("name", "slices", "max", "sms", "placements"):
-                if ci.get(key) is None:
-                    assert key in mine["inferred"], (ci["name"], key)
-                else:
-                    assert mine[key] == ci[key], (ci["name"], key)
-            assert mine["default"] == ci["default_for_gi"]
+def test_every_value_a_source_read_is_kept() -> None:
+    """A field whose provenance is not 'inferred' equals the research table it came from."""
+    gen = _generator()
+    reference = json.loads((REFERENCE_DIR / "mig-profiles.json").read_text(encoding="utf-8"))
+    newest = json.loads((REFERENCE_DIR / "mig-profiles-newest.json").read_text(encoding="utf-8"))
+    checked = 0
+    for spec in gen.MODELS:
+        if spec.table_of is not None:
+            continue
+        _, rows = gen._entry_for(spec, reference, newest)
+        source = {r["name"]: r for r in rows}
+        for gi in _sim_row(spec.key)["gi_profiles"]:
+            src = source[gi["name"]]
+            for key in (*GI_FIELDS, "placements"):
+                if gi["provenance"][key]["kind"] != "inferred":
+                    assert gi[key] == src[key], (spec.key, gi["name"], key)
+                    checked += 1
+    assert checked > 400
 
 
 @needs_reference
-def test_committed_models_json_is_what_the_generator_makes() -> None:
-    spec = importlib.util.spec_from_file_location("gen_models", ROOT / "tools" / "gen_models.py")
-    assert spec is not None and spec.loader is not None
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    text = gen.render(gen.build(_reference()))
-    committed = (ROOT / "migrestore" / "data" / "models.json").read_text(encoding="utf-8")
-    assert committed == text, "models.json is stale: run python3 tools/gen_models.py"
+def test_committed_tables_are_what_the_generator_makes() -> None:
+    gen = _generator()
+    sim = gen.build(REFERENCE_DIR)
+    committed = (ROOT / "migrestore" / "simulator" / "data" / "models.json").read_text("utf-8")
+    assert committed == gen.render(sim), "stale: run python3 tools/gen_models.py"
+    bundled = (ROOT / "migrestore" / "data" / "models.json").read_text("utf-8")
+    assert bundled == gen.render(gen.bundled(sim)), "stale: run python3 tools/gen_models.py"
 
 
-def _probe_device() -> Dict[str, Any]:
-    with PROBE.open(encoding="utf-8") as handle:
-        data: Dict[str, Any] = json.load(handle)
-    device: Dict[str, Any] = data["devices"][0]
-    return device
-
-
-@needs_probe
-def test_h100_table_equals_the_real_probe_field_by_field() -> None:
-    device = _probe_device()
-    table = tables.model("h100-80gb-hbm3")
-    assert table.nvml_name == device["name"]
-    assert table.arch_code == device["arch"]
-    assert table.memory_mib * 1024 * 1024 == device["mem_total"]
-    answered = {row["profile"]: row for row in device["gi_profiles"]}
-    not_supported = tuple(i for i, r in answered.items() if r["err"] and "NotSupported" in r["err"])
-    invalid = [i for i, r in answered.items() if r["err"] and "InvalidArgument" in r["err"]]
-    assert table.not_supported_indices == not_supported
-    assert invalid == [table.invalid_from_index]
-    ok = [r for r in answered.values() if r["err"] is None]
-    assert sorted(p.index for p in table.profiles) == sorted(r["profile"] for r in ok)
-    for row in ok:
-        profile = table.profile_by_index(row["profile"])
-        assert profile is not None
-        assert f"MIG {profile.name}" == row["name"]
-        assert (
-            profile.id,
-            profile.slices,
-            profile.max,
-            profile.sms,
-            profile.copy_engines,
-            profile.decoders,
-            profile.encoders,
-            profile.jpeg,
-            profile.ofa,
-            profile.memory_mib,
-        ) == (
-            row["id"],
-            row["sliceCount"],
-            row["instanceCount"],
-            row["multiprocessorCount"],
-            row["copyEngineCount"],
-            row["decoderCount"],
-            row["encoderCount"],
-            row["jpegCount"],
-            row["ofaCount"],
-            row["memorySizeMB"],
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_table_equals_the_real_probe_field_by_field(name: str) -> None:
+    if not PROBES[name].exists():
+        pytest.skip(f"probe not on this machine ({PROBES[name]})")
+    device = _probe(name)["devices"][0]
+    for table in (tables.model(name), models.table(name)):
+        assert table.nvml_name == device["name"]
+        assert table.arch_code == device["arch"]
+        assert table.memory_mib * 1024 * 1024 <= device["mem_total"]
+        assert device["mem_total"] // (1024 * 1024) == table.memory_mib
+        answered = {row["profile"]: row for row in device["gi_profiles"]}
+        not_supported = tuple(
+            i for i, r in answered.items() if r["err"] and "NotSupported" in r["err"]
         )
-        assert [[p.start, p.size] for p in profile.placements] == row["placements"]
+        invalid = [i for i, r in answered.items() if r["err"] and "InvalidArgument" in r["err"]]
+        assert table.not_supported_indices == not_supported
+        assert invalid == [table.invalid_from_index]
+        ok = [r for r in answered.values() if r["err"] is None]
+        assert sorted(p.index for p in table.profiles) == sorted(r["profile"] for r in ok)
+        for row in ok:
+            profile = table.profile_by_index(row["profile"])
+            assert profile is not None
+            assert f"MIG {profile.name}" == row["name"]
+            assert (
+                profile.id,
+                profile.slices,
+                profile.max,
+                profile.sms,
+                profile.copy_engines,
+                profile.decoders,
+                profile.encoders,
+                profile.jpeg,
+                profile.ofa,
+                profile.memory_mib,
+            ) == (
+                row["id"],
+                row["sliceCount"],
+                row["instanceCount"],
+                row["multiprocessorCount"],
+                row["copyEngineCount"],
+                row["decoderCount"],
+                row["encoderCount"],
+                row["jpegCount"],
+                row["ofaCount"],
+                row["memorySizeMB"],
+            ), (name, row["name"])
+            assert [[p.start, p.size] for p in profile.placements] == row["placements"]
+    sim = _sim_row(name)
+    assert sim["provenance"]["memory_mib"]["kind"] == "hardware"
+    for gi in sim["gi_profiles"]:
+        for key in (*GI_FIELDS, "placements"):
+            assert gi["provenance"][key]["kind"] == "hardware", (name, gi["name"], key)
