@@ -185,3 +185,12 @@ def test_state_files_without_a_branch_still_load(tmp_path: Path, version: str, b
         del gpu["branch"]  # the shape written before branches existed
     state = parse_text(json.dumps(document), str(path))
     assert [g.branch for g in state.gpus] == [branch]
+
+
+def test_pci_identity_comes_from_the_simulators_own_table(attach: Attach) -> None:
+    attach("h100-80gb-hbm3,b200-180gb,a100-pcie-40gb")
+    h100, b200, a100 = (pynvml.nvmlDeviceGetPciInfo(device(i)) for i in range(3))
+    assert (h100.pciDeviceId, h100.pciSubSystemId) == (0x233010DE, 0x16C110DE)  # lspci 16c1
+    assert (b200.pciDeviceId, b200.pciSubSystemId) == (0x290110DE, 0x000010DE)  # not read
+    assert a100.pciDeviceId == 0x20F110DE  # the first of the model's variants
+    assert pynvml.nvmlDeviceGetName(device(1)) == "NVIDIA B200"
