@@ -13,7 +13,7 @@ import pytest
 
 from migrestore import simulator
 from migrestore.errors import MigrestoreError
-from migrestore.simulator import cli, models
+from migrestore.simulator import cli, fakelib, models
 from migrestore.simulator.state import parse_text
 from tests.sim.conftest import BootId
 from tests.sim.support import create_gi, device, gi_handles, gi_placements
@@ -151,8 +151,7 @@ def test_ci_creation_with_a_placement_starts_with_r525(
     attach: Attach, branch: int, present: bool
 ) -> None:
     sim = attach(f"a100-80gb@{branch}")
-    names = sim.library.symbol_names
-    assert "nvmlGpuInstanceCreateComputeInstanceWithPlacement" in names
+    assert "nvmlGpuInstanceCreateComputeInstanceWithPlacement" in fakelib.SYMBOL_NAMES
     assert hasattr(sim.library, "nvmlGpuInstanceCreateComputeInstanceWithPlacement") is present
     assert hasattr(sim.library, "nvmlDeviceGetGpuInstanceProfileInfoV")
 
