@@ -257,6 +257,9 @@ def _plan_json(plan: Any) -> Dict[str, Any]:
         "actions": actions,
         "unmatched": list(plan.unmatched),
         "notes": list(plan.notes),
+        # GPUs with work planned only after these actions ran (profiles a driver lists
+        # once MIG is on; CI profiles read from the GIs about to be made)
+        "deferred": list(plan.deferred),
     }
 
 
@@ -271,10 +274,14 @@ def _plan_text(plan: Any) -> str:
         lines.append(f"  {note}")
     for label in plan.unmatched:
         lines.append(f"  GPU {label}: no rule matches, left as it is")
-    if plan.converged:
+    if plan.converged and not plan.deferred:
         lines.append("nothing to do: the GPUs match the config")
     else:
         lines.append(f"{len(plan.actions)} change(s) planned")
+        if plan.deferred:
+            lines.append(
+                "more is planned once they ran, from what the GPU then reports (see the notes)"
+            )
     return "\n".join(lines) + "\n"
 
 

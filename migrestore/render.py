@@ -205,6 +205,9 @@ def profiles_json(observed: Sequence[GpuState]) -> Dict[str, Any]:
                         "ofa": p.ofa,
                         "placements": [_pair(pl) for pl in p.placements],
                         "compute": [_ci_json(ci) for ci in p.ci_profiles],
+                        # False: no GI of this profile exists, so its CI profiles could
+                        # not be read from the GPU yet ("compute" is empty)
+                        "compute_read": p.cis_read,
                     }
                     for p in gpu.profiles
                 ],
@@ -243,7 +246,13 @@ def profiles_text(observed: Sequence[GpuState]) -> str:
             blocks.append("\n".join(lines))
             continue
         if not gpu.profiles:
-            lines.append("  no GPU instance profiles reported")
+            if not gpu.mig_current:
+                lines.append(
+                    "  no GPU instance profiles reported (drivers before R550 list them "
+                    "only with MIG mode on)"
+                )
+            else:
+                lines.append("  no GPU instance profiles reported")
             blocks.append("\n".join(lines))
             continue
         ordered = _display_order(gpu.profiles)
@@ -266,6 +275,7 @@ def profiles_text(observed: Sequence[GpuState]) -> str:
         ]
         lines.extend(_table(_GI_HEADER, gi_rows))
         ci_rows: List[Tuple[str, ...]] = []
+        unread = [p.name for p in ordered if not p.cis_read]
         for p in ordered:
             for i, ci in enumerate(p.ci_profiles):
                 ci_rows.append(
@@ -280,6 +290,13 @@ def profiles_text(observed: Sequence[GpuState]) -> str:
                 )
         if ci_rows:
             lines.append("")
+            lines.append("  CI profiles read from the GPU's GIs:")
             lines.extend(_table(_CI_HEADER, ci_rows))
+        if unread:
+            lines.append("")
+            lines.append(
+                "  CI profiles not readable yet (no GI of the profile exists; they are read "
+                "from a GI): " + ", ".join(unread)
+            )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
