@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-REFERENCE_DIR = Path("/work/shared/reference")
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "reference"
 ROOT = Path(__file__).resolve().parent.parent
 SIM_OUT = ROOT / "migrestore" / "simulator" / "data" / "models.json"
 BUNDLED_OUT = ROOT / "migrestore" / "data" / "models.json"

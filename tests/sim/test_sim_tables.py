@@ -17,17 +17,13 @@ from migrestore.errors import MigrestoreError
 from migrestore.model import Placement
 from migrestore.simulator import models
 
-REFERENCE_DIR = Path("/work/shared/reference")
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "data" / "reference"
 PROBES = {
     "h100-80gb-hbm3": REFERENCE_DIR / "probes" / "h100-80gb-hbm3-driver580.json",
     "h200-141gb": REFERENCE_DIR / "probes" / "h200-driver580.json",
 }
 ROOT = Path(__file__).resolve().parents[2]
 
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE_DIR / "mig-profiles-newest.json").exists(),
-    reason=f"reference tables not on this machine ({REFERENCE_DIR})",
-)
 
 GI_FIELDS = (
     "index",
@@ -210,7 +206,6 @@ def _gi_row(model: str, profile: str) -> Dict[str, Any]:
     raise AssertionError(profile)
 
 
-@needs_reference
 @pytest.mark.parametrize("probe_model", sorted(PROBES))
 def test_memory_rules_fit_both_probes(probe_model: str) -> None:
     gen = _generator()
@@ -263,7 +258,6 @@ def test_inferred_values_follow_their_rules() -> None:
     assert h800["gi_profiles"][0]["provenance"]["sms"] == {"kind": "inferred", "rule": "same-table"}
 
 
-@needs_reference
 def test_every_value_a_source_read_is_kept() -> None:
     """A field whose provenance is not 'inferred' equals the research table it came from."""
     gen = _generator()
@@ -284,7 +278,6 @@ def test_every_value_a_source_read_is_kept() -> None:
     assert checked > 400
 
 
-@needs_reference
 def test_committed_tables_are_what_the_generator_makes() -> None:
     gen = _generator()
     sim = gen.build(REFERENCE_DIR)
