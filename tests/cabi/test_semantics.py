@@ -66,3 +66,19 @@ def test_threads_of_a_c_program_call_at_once(make_node: MakeNode) -> None:
     error."""
     node = make_node(["h100-80gb-hbm3:2"])
     assert node.c("init", "threads", "8", "50") == ["init 0", "threads OK 400"]
+
+
+def test_a_driver_branch_acts_on_the_c_program_as_on_migrestore(make_node: MakeNode) -> None:
+    """The driver generation is part of the state file: on a simulated R535 an H100 refuses
+    profile queries while MIG is off (NOT_SUPPORTED) and answers them once it is on; on the
+    default branch it answers with MIG off too (as the real 580 probe did). Only the GI
+    profile lines are read: with no GI yet the client's CI part stops at its GI lookup."""
+    old = make_node(["h100-80gb-hbm3:1@535"], name="r535.json")
+    off = old.c("init", "profile-v3", "0", "0", "0", "0", check=False)
+    assert off[1].split()[2] == str(codes.NOT_SUPPORTED)
+    on = old.c("init", "mode", "0", "1", "profile-v3", "0", "0", "0", "0", check=False)
+    assert on[1] == "mode 0 0"
+    assert on[2].split()[2] == str(codes.SUCCESS) and on[2].endswith("MIG 1g.10gb")
+    new = make_node(["h100-80gb-hbm3:1"], name="r580.json")
+    first = new.c("init", "profile-v3", "0", "0", "0", "0", check=False)[1]
+    assert first.split()[2] == str(codes.SUCCESS) and first.endswith("MIG 1g.10gb")
