@@ -37,8 +37,9 @@ def _models() -> List[Tuple[str, int]]:
     out = io.StringIO()
     with redirect_stdout(out):
         assert simcli.main(["models", "--json"]) == 0
-    rows = json.loads(out.getvalue())
-    return [(r["model"], int(r["pci_device_id"], 16)) for r in rows]
+    rows = json.loads(out.getvalue())["models"]
+    # a simulated GPU of a model reports the first of the model's device ids
+    return [(r["name"], int(r["pci_device_ids"][0], 16)) for r in rows]
 
 
 MODELS = [(name, device) for name, device in _models() if device in NAMED_IDS]
