@@ -194,13 +194,14 @@ class Daemon:
             yield self.nv
             return
         nv = Nvml(backend.choose(self.simulate))
-        with nv:
-            self.nv = nv
-            try:
-                self.driver = engine.driver_of(nv) or self.driver
-                yield nv
-            finally:
-                self.nv = None
+        nv.open()
+        self.nv = nv
+        try:
+            self.driver = engine.driver_of(nv) or self.driver
+            yield nv
+        finally:
+            self.nv = None
+            self.shut(nv)
 
     def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
         with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session():
@@ -238,8 +239,11 @@ class Daemon:
         if self.nv is None:
             # the driver is up once NVML initialises; this session ends at once (the
             # pass opens its own after taking the GPU lock)
-            with self.wait_for_driver() as nv:
+            nv = self.wait_for_driver()
+            try:
                 self.driver = engine.driver_of(nv)
+            finally:
+                self.shut(nv)
         self.notifier.status("observing GPUs")
         with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session() as nv:
             outcome = self.converge_locked()
@@ -354,10 +358,16 @@ class Daemon:
         it never turns a clean exit into a failure."""
         nv, self.nv = self.nv, None
         if nv is not None:
-            try:
-                nv.close()
-            except NvmlError as exc:
-                self.log.warning("nvml_shutdown_failed", error=str(exc), outcome="nothing lost")
+            self.shut(nv)
+
+    def shut(self, nv: Nvml) -> None:
+        """Shut one NVML session down (after the driver wait, a pass, a tick, a check, or
+        at exit). A failed shutdown is a warning: the GPUs stay as verified, so it never
+        turns finished work into a failure."""
+        try:
+            nv.close()
+        except NvmlError as exc:
+            self.log.warning("nvml_shutdown_failed", error=str(exc), outcome="nothing lost")
 
 
 def run(
