@@ -168,7 +168,10 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-OBSERVE_ATTEMPTS = 3  # reads of one observation when instances vanish under it
+# Reads of one observation when instances vanish under it. A foreign NVML client that
+# creates and destroys instances in a tight loop makes most attempts meet a vanished
+# handle; each attempt takes milliseconds, so ten stay well under a second.
+OBSERVE_ATTEMPTS = 10
 # What a read answers when another process changed the GPU under it: an instance gone
 # (its handle), or MIG mode switched off between two reads.
 VANISHED = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTED")
@@ -859,6 +862,11 @@ class Nvml:
                     placements=placements,
                 )
             )
+        # A GI another process destroyed mid-read answers INVALID_ARGUMENT, which the loop
+        # above takes for the end of the table: only a GI still there vouches for what
+        # was read (else the observation reads again and nothing short is cached).
+        with _nvml(f"{gpu.label}: a GI of {gi_name} went away while its CI profiles were read"):
+            pynvml.nvmlGpuInstanceGetInfo(gi)
         result = _mark_default(tuple(read), gi_name, gi_profile.slices if gi_profile else None)
         gpu.ci_read[gi_profile_id] = result
         return result
