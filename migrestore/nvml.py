@@ -612,10 +612,15 @@ class Nvml:
             if profile.placements and all(p.mask() & taken for p in profile.placements):
                 continue  # rule 9: no GI of this profile can exist
             for gi in self._gi_handles(gpu, profile):
-                with _nvml(f"{gpu.label}: read a GI of {profile.name}"):
-                    info = pynvml.nvmlGpuInstanceGetInfo(gi)
-                gi_id = int(info.id)
-                cis = self._cis(gpu, profile, gi, gi_id)
+                try:
+                    with _nvml(f"{gpu.label}: read a GI of {profile.name}"):
+                        info = pynvml.nvmlGpuInstanceGetInfo(gi)
+                    gi_id = int(info.id)
+                    cis = self._cis(gpu, profile, gi, gi_id)
+                except NvmlError as err:
+                    if err.nvml_error in VANISHED and _gi_gone(gi):
+                        continue  # another process destroyed it while it was read
+                    raise
                 placement = Placement(int(info.placement.start), int(info.placement.size))
                 taken |= placement.mask()
                 found.append(
@@ -669,8 +674,13 @@ class Nvml:
                     gi, ci_profile.id, buf, ctypes.byref(count)
                 )
             for i in range(min(count.value, ci_profile.max)):
-                with _nvml(f"{gpu.label}: read a CI of {ci_profile.name} in GI {gi_id}"):
-                    info = pynvml.nvmlComputeInstanceGetInfo(buf[i])
+                try:
+                    with _nvml(f"{gpu.label}: read a CI of {ci_profile.name} in GI {gi_id}"):
+                        info = pynvml.nvmlComputeInstanceGetInfo(buf[i])
+                except NvmlError as err:
+                    if err.nvml_error in VANISHED:
+                        continue  # another process destroyed it after the listing
+                    raise
                 cis.append(
                     ComputeInstance(
                         ci_id=int(info.id),
@@ -701,17 +711,23 @@ class Nvml:
                     continue
                 raise _translate(err, f"{gpu.label}: get MIG device {index}") from err
             what = f"{gpu.label}: read MIG device {index}"
-            with _nvml(what):
-                key = (
-                    int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
-                    int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
-                )
-                mig_uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
-            if stop_at is not None:
-                if key == stop_at:
-                    return {key: (mig_uuid, ())}
-                continue
-            devices[key] = (mig_uuid, self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})"))
+            try:
+                with _nvml(what):
+                    key = (
+                        int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
+                        int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
+                    )
+                    mig_uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
+                if stop_at is not None:
+                    if key == stop_at:
+                        return {key: (mig_uuid, ())}
+                    continue
+                pids = self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})")
+            except NvmlError as err:
+                if err.nvml_error in VANISHED:
+                    continue  # its CI was destroyed between the handle and the reads
+                raise
+            devices[key] = (mig_uuid, pids)
             if want and len(devices) >= want:
                 break
         return devices
@@ -874,6 +890,15 @@ class Nvml:
     def _gi_handle(self, gpu: _Gpu, gi_id: int, doing: str) -> Any:
         with _nvml(f"{gpu.label}: {doing}: find GI {gi_id}"):
             return pynvml.nvmlDeviceGetGpuInstanceById(gpu.handle, gi_id)
+
+
+def _gi_gone(gi: Any) -> bool:
+    """Whether NVML no longer knows the GI behind ``gi`` (another process destroyed it)."""
+    try:
+        pynvml.nvmlGpuInstanceGetInfo(gi)
+    except pynvml.NVMLError as err:
+        return _code(err) in (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_FOUND)
+    return False
 
 
 def _past_the_end(read: Callable[[int], Any], index: int, what: str) -> Any:

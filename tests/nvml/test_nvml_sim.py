@@ -4,8 +4,9 @@ runs unchanged on the simulated C library beneath it."""
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Any, Tuple
 
+import pynvml
 import pytest
 
 from migrestore import tables
@@ -455,3 +456,78 @@ def test_error_in_the_block_is_not_hidden_by_close() -> None:
         nv.backend.simulator.fail("nvmlShutdown", 1, "NVML_ERROR_UNKNOWN")
         nv.create_gi(nv.observe()[0].uuid, 19, Placement(0, 1))
     assert info.value.nvml_error == "NVML_ERROR_NOT_SUPPORTED"
+
+
+# --------------------------------------------------------------------------- other clients
+
+# The C functions an observation calls on a GI, a CI or a MIG device after listing it.
+_READS_AFTER_LISTING = (
+    "nvmlGpuInstanceGetInfo",
+    "nvmlGpuInstanceGetComputeInstanceProfileInfoV",
+    "nvmlGpuInstanceGetComputeInstances",
+    "nvmlComputeInstanceGetInfo_v2",
+    "nvmlDeviceGetGpuInstanceId",
+    "nvmlDeviceGetUUID",
+)
+
+
+class _Churner:
+    """Another NVML client in a tight loop: before every call of ``function`` it destroys
+    the 1g.10gb GI at slice 6 (with its CI) and creates it again, under a new GI ID."""
+
+    def __init__(self, nv: Nvml, uuid: str, function: str) -> None:
+        self._lib = pynvml.nvmlLib
+        self._sim = nv.backend.simulator
+        self._uuid = uuid
+        self._function = function
+        self.gi_id, self._ci_id = self._create()
+        self.churns = 0
+
+    def _create(self) -> Tuple[int, int]:
+        gi_id = self._sim.create_gi(self._uuid, "1g.10gb", 6, via="other")
+        return gi_id, self._sim.create_ci(self._uuid, gi_id, via="other")
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._lib, name)
+        if name != self._function:
+            return fn
+
+        def call(*args: Any) -> Any:
+            self._sim.destroy_ci(self._uuid, self.gi_id, self._ci_id, via="other")
+            self._sim.destroy_gi(self._uuid, self.gi_id, via="other")
+            self.gi_id, self._ci_id = self._create()
+            self.churns += 1
+            return fn(*args)
+
+        return call
+
+
+@pytest.mark.parametrize("function", _READS_AFTER_LISTING)
+def test_instances_another_client_churns_do_not_fail_the_observation(function: str) -> None:
+    """An instance destroyed between its listing and its reads is gone, not an error: the
+    observation goes on without it, however fast the other client churns (a whole re-read
+    would meet the churn again every time)."""
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
+        uuid = _enabled(nv)
+        ours = nv.create_gi(uuid, 9, Placement(0, 4))  # 3g.40gb
+        nv.create_ci(uuid, ours.gi_id, 2, None)  # 3g.40gb
+        churner = _Churner(nv, uuid, function)
+        pynvml.nvmlLib = churner
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+        for _ in range(3):
+            (observed,) = nv.observe()
+            kept = [gi for gi in observed.instances if gi.gi_id == ours.gi_id]
+            assert [(gi.profile, gi.placement, len(gi.cis)) for gi in kept] == [
+                ("3g.40gb", Placement(0, 4), 1)
+            ]
+            assert kept[0].cis[0].uuid.startswith("MIG-")
+            # the churned GI is either the one that now exists, or left out
+            others = [gi for gi in observed.instances if gi.gi_id != ours.gi_id]
+            assert [gi.gi_id for gi in others] in ([], [churner.gi_id])
+        assert churner.churns > 0
+        # the CI profiles cached for 1g.10gb are whole, not cut short by the churn
+        pynvml.nvmlLib = churner._lib
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+        profile = nv.observe_gpu(uuid).profile_by_id(19)
+        assert profile is not None
+        assert profile.ci_profiles == tables.model("h100-80gb-hbm3").profile_by_id(19).ci_profiles
