@@ -49,13 +49,17 @@ class ConfigError(MigrestoreError):
         key: str,
         problem: str,
         fix: str = "",
+        column: Optional[int] = None,
     ) -> None:
         self.path = path
         self.line = line
         self.key = key
         self.problem = problem
         self.fix = fix
+        self.column = column
         where = f"{path}:{line}" if line is not None else path
+        if line is not None and column is not None:
+            where += f":{column}"
         text = f"{where}: {key}: {problem}" if key else f"{where}: {problem}"
         if fix:
             text += f" ({fix})"

@@ -7,7 +7,10 @@ Rules:
    exception leaves this module.
 2. Strict: anchors, aliases, merge keys, explicit tags, tabs in indentation, duplicate
    keys, unknown keys, NUL bytes and nesting deeper than ``MAX_DEPTH`` are errors.
-   Nothing is guessed and nothing is dropped silently.
+   Nothing is guessed and nothing is dropped silently. A character YAML reads as a line
+   break but editors do not (U+0085, U+2028, U+2029, a carriage return without a
+   newline) is refused anywhere in the file, with its line and column: text after it
+   could hide a rule in what an editor shows as a comment.
 3. Numbers are finite: NaN and infinities are refused, and a numeral longer than
    ``_MAX_NUMBER_CHARS`` is refused before Python converts it.
 4. Pure: text and nodes in, values out; no I/O.
@@ -124,8 +127,15 @@ class Doc:
     def fail(self, node: Optional[yaml.Node], key: str, problem: str, fix: str = "") -> NoReturn:
         raise ConfigError(self.path, node_line(node), key, problem, fix)
 
-    def fail_line(self, line: Optional[int], key: str, problem: str, fix: str = "") -> NoReturn:
-        raise ConfigError(self.path, line, key, problem, fix)
+    def fail_line(
+        self,
+        line: Optional[int],
+        key: str,
+        problem: str,
+        fix: str = "",
+        column: Optional[int] = None,
+    ) -> NoReturn:
+        raise ConfigError(self.path, line, key, problem, fix, column)
 
 
 def _untab_flow(doc: Doc, text: str) -> str:
@@ -192,6 +202,38 @@ def _untab_flow(doc: Doc, text: str) -> str:
     return "".join(out)
 
 
+# What YAML (1.1, PyYAML) reads as a line break but editors, pagers and terminals show
+# inside a line: NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR, and a carriage return not
+# followed by a newline (``cat`` and terminals return to the line's start and overwrite
+# it; vim shows ^M). Text after one could hide a rule in what reads as a comment.
+_HIDDEN_BREAK = re.compile("[\u0085\u2028\u2029]|\r(?!\n)")
+_BREAK_NAMES = {
+    "\u0085": "U+0085 (NEXT LINE)",
+    "\u2028": "U+2028 (LINE SEPARATOR)",
+    "\u2029": "U+2029 (PARAGRAPH SEPARATOR)",
+    "\r": "a carriage return (U+000D) not followed by a newline",
+}
+
+
+def _refuse_hidden_breaks(doc: Doc, text: str) -> None:
+    """Rule 2: a character YAML reads as a line break and editors do not is refused
+    anywhere in the file, quoted strings included (an escape such as ``\\u2028`` puts
+    one in a string safely), with the line and column an editor shows."""
+    found = _HIDDEN_BREAK.search(text)
+    if found is None:
+        return
+    at = found.start()
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    doc.fail_line(
+        _line_of(text, at),
+        "",
+        f"{_BREAK_NAMES[found.group()]} is a line break to YAML but not to editors, so "
+        "what follows it could be a hidden rule: refusing the file",
+        "remove it; in a double-quoted string, write an escape such as \\u2028 instead",
+        column,
+    )
+
+
 def compose(doc: Doc, text: str) -> yaml.Node:
     """The node tree of ``text``, or a ConfigError; never a library exception."""
     nul = text.find("\x00")
@@ -202,6 +244,7 @@ def compose(doc: Doc, text: str) -> yaml.Node:
             "contains a NUL byte: this is not a text file",
             "write the config as UTF-8 text",
         )
+    _refuse_hidden_breaks(doc, text)
     text = _untab_flow(doc, text)
     if not text.strip():
         doc.fail_line(
