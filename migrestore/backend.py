@@ -117,6 +117,8 @@ def _table_ci_profiles(gpu_name: str) -> Dict[int, Tuple[CiProfile, ...]]:
 class Hardware:
     """The real driver: nothing is attached; resets run ``nvidia-smi`` (rule 2)."""
 
+    simulated = False  # the node's own tools (nvidia-smi, nvidia-ctk) act on these GPUs
+
     def __init__(self, reset_timeout: float = RESET_TIMEOUT, reset_tool: str = RESET_TOOL):
         self.reset_timeout = reset_timeout
         self.reset_tool = reset_tool
@@ -136,6 +138,8 @@ class Hardware:
 
 class Simulated:
     """The simulator of ``spec``, attached beneath pynvml while a session is open."""
+
+    simulated = True  # the node's own tools must not act on behalf of simulated GPUs
 
     def __init__(self, spec: str) -> None:
         self.spec = spec

@@ -57,7 +57,11 @@ environment:
   MIGRESTORE_CONFIG    same as -c/--config
   MIGRESTORE_LOCK      the GPU lock (default /run/migrestore.lock)
   MIGRESTORE_STATE     the last-result file (default /run/migrestore/state.json)
-  MIGRESTORE_SYSTEMCTL the systemctl to use for client units
+  MIGRESTORE_SYSTEMCTL the systemctl to use for client units and nvidia-cdi-refresh
+  MIGRESTORE_NVIDIA_SMI, MIGRESTORE_NVIDIA_CTK, MIGRESTORE_CDI_ENV
+                       the nvidia-smi, nvidia-ctk and nvidia-cdi-refresh.env of the
+                       device node and CDI refresh (default /usr/bin/nvidia-smi,
+                       /usr/bin/nvidia-ctk, /etc/nvidia-container-toolkit/...)
 """
 
 

@@ -9,7 +9,9 @@ Rules:
 3. Client units are stopped only when there is something to change, and exactly the
    units that were stopped are started again (``--no-block``), on success and on every
    failure path.
-4. Post-apply hooks and the CDI refresh run only after a verified change.
+4. Post-apply hooks and the device node and CDI refresh (``migrestore.cdi``, unless
+   ``cdi.refresh: never``) run only after a verified change; a refresh problem is a
+   warning in the outcome (``cdi_problems``), never a failure of the pass.
 5. The caller holds the GPU lock for the whole pass.
 """
 
@@ -23,7 +25,15 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 from migrestore import config as configmod
 from migrestore import planner
 from migrestore.errors import InfeasibleError, MigrestoreError
-from migrestore.model import Config, GpuState, Plan, Reset, ResetPolicy, RunResult
+from migrestore.model import (
+    CdiRefresh,
+    Config,
+    GpuState,
+    Plan,
+    Reset,
+    ResetPolicy,
+    RunResult,
+)
 from migrestore.nvml import Nvml
 
 if TYPE_CHECKING:
@@ -49,6 +59,8 @@ class Outcome:
     # False: ``observed`` is the geometry alone (no MIG device UUIDs nor processes):
     # a converged pass decides from that and leaves the device scan to the caller.
     devices_read: bool = True
+    # device nodes / CDI spec refresh problems (migrestore.cdi): warnings, never a failure
+    cdi_problems: Tuple[str, ...] = ()
 
     @property
     def converged_before(self) -> bool:
@@ -77,6 +89,8 @@ class Outcome:
             text += f"; could not start again: {', '.join(self.start_failed)}"
         if self.hook_failures:
             text += f"; {len(self.hook_failures)} hook(s) failed"
+        if self.cdi_problems:
+            text += "; CDI refresh failed (see the journal), the MIG geometry is kept"
         return text
 
 
@@ -126,7 +140,7 @@ def state_document(
         driver=driver,
         stopped_units=outcome.stopped if outcome is not None else (),
         start_failed=outcome.start_failed if outcome is not None else (),
-        hooks_failed=outcome.hook_failures if outcome is not None else (),
+        hooks_failed=outcome.hook_failures + outcome.cdi_problems if outcome is not None else (),
         unmatched=outcome.unmatched if outcome is not None else (),
         problems=publish.assess(cfg, observed) if cfg is not None else None,
         config_sha256=cfg.sha256 or None if cfg is not None else None,
@@ -311,9 +325,15 @@ def converge(
             RunResult.APPLIED.value, f"{result.changes} NVML changes", state_path, cfg.path, changed
         )
         failures = tuple(hooks.run_hooks(cfg.hooks, log, env))
-    cdi_error = hooks.refresh_cdi(log)
-    if cdi_error:
-        failures += (f"CDI refresh: {cdi_error}",)
+    cdi_problems: Tuple[str, ...] = ()
+    if cfg.cdi_refresh == CdiRefresh.AUTO:
+        from migrestore import cdi
+
+        say("refreshing MIG device nodes and the CDI spec")
+        more_time(6 * cfg.cdi_timeout + 30)  # at most six bounded programs (cdi rule 4)
+        # a backend that does not say it is the real driver never runs the node's tools
+        tools = cdi.Tools.for_node(simulated=getattr(nv.backend, "simulated", True))
+        cdi_problems = cdi.refresh(log, tools, cfg.cdi_timeout)
     return Outcome(
         plan,
         result.observed,
@@ -324,4 +344,5 @@ def converge(
         hook_failures=failures,
         unmatched=plan.unmatched,
         notes=plan.notes,
+        cdi_problems=cdi_problems,
     )

@@ -1,4 +1,4 @@
-"""External programs: post-apply hooks and the CDI refresh, run by ``proc.run_bounded``.
+"""Post-apply hooks, run by ``proc.run_bounded`` (the CDI refresh: ``migrestore.cdi``).
 
 Rules:
 
@@ -12,10 +12,9 @@ Rules:
    logged. stdin is /dev/null, the working directory ``/``.
 4. A failed hook is logged at error and reported back; it never undoes the geometry,
    which is verified by then. The other hooks still run.
-5. A hook, and ``nvidia-ctk`` (from the fixed path ``NVIDIA_CTK``, never ``$PATH``),
-   run as root only after ``proc.open_trusted`` checked every directory and symlink on
-   the way to it; the descriptor checked is the one executed, so swapping the file or
-   a symlink afterwards changes nothing.
+5. A hook runs as root only after ``proc.open_trusted`` checked every directory and
+   symlink on the way to it; the descriptor checked is the one executed, so swapping
+   the file or a symlink afterwards changes nothing.
 
 Hook environment (``result_environment`` builds it):
 
@@ -30,7 +29,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 from migrestore.logs import BoundLogger
 from migrestore.model import Hook
@@ -44,23 +43,17 @@ from migrestore.proc import (
 )
 
 __all__ = [
-    "CDI_OUTPUT",
-    "CDI_TIMEOUT",
     "CLEAN_PATH",
     "OUTPUT_LIMIT",
     "Completed",
     "describe_argv",
     "hook_environment",
-    "refresh_cdi",
     "result_environment",
     "run_bounded",
     "run_hooks",
 ]
 
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-CDI_OUTPUT = "/var/run/cdi/nvidia.yaml"
-NVIDIA_CTK = "/usr/bin/nvidia-ctk"  # where the NVIDIA Container Toolkit packages put it
-CDI_TIMEOUT = 60.0
 LINES_MAX = 200  # lines logged per stream of one hook
 LINE_MAX = 1000  # characters logged per line
 
@@ -173,55 +166,3 @@ def run_hooks(
         log.error("hook_failed", hook=name, outcome=outcome)
         failed.append(f"hook {name} {outcome}; the MIG geometry is kept")
     return tuple(failed)
-
-
-# --------------------------------------------------------------------------- CDI
-
-
-def refresh_cdi(
-    log: BoundLogger,
-    nvidia_ctk: Optional[str] = None,
-    output: str = CDI_OUTPUT,
-    timeout: float = CDI_TIMEOUT,
-) -> Optional[str]:
-    """Regenerate the CDI spec, since MIG device UUIDs change with every re-creation.
-
-    Runs ``nvidia_ctk`` (default ``NVIDIA_CTK``, a fixed absolute path: never looked up
-    on ``$PATH``, rule 5), with the checks hooks get (``proc.open_trusted``); when it
-    is not installed, does nothing and returns None. Returns None on success, else the
-    one-line error.
-    """
-    ctk = nvidia_ctk or NVIDIA_CTK
-    argv = (ctk, "cdi", "generate", f"--output={output}")
-    command = describe_argv(argv)
-    try:
-        program = open_trusted(ctk)
-    except FileNotFoundError:
-        log.debug("cdi_refresh_skipped", outcome="nvidia-ctk not found")
-        return None
-    except (OSError, Untrusted) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        error = f"refused to run {command}: {reason}"
-        log.error("cdi_refresh_failed", outcome=error)
-        return error
-    try:
-        result = run_bounded(argv, timeout, env=hook_environment({}), cwd="/", program_fd=program)
-    except OSError as err:
-        error = f"could not run {command}: {err.strerror or err}"
-        log.error("cdi_refresh_failed", outcome=error)
-        return error
-    finally:
-        os.close(program)
-    for line in (result.stdout + result.stderr).splitlines()[:LINES_MAX]:
-        log.debug("cdi_refresh_output", line=line[:LINE_MAX])
-    if result.ok:
-        log.info("cdi_refreshed", outcome="ok", path=output)
-        return None
-    last = (result.stderr.strip() or result.stdout.strip()).splitlines()
-    detail = f": {last[-1][:LINE_MAX]}" if last else ""
-    error = (
-        f"{command} {_outcome(result, timeout)}{detail} "
-        "(run it by hand to see why; containers see stale MIG devices until it succeeds)"
-    )
-    log.error("cdi_refresh_failed", outcome=error)
-    return error

@@ -264,6 +264,17 @@ class ResetPolicy(str, enum.Enum):
         return str(self.value)
 
 
+class CdiRefresh(str, enum.Enum):
+    """Whether a pass that changed the geometry refreshes the device nodes and the CDI
+    spec (``cdi.refresh``, ``migrestore.cdi``)."""
+
+    AUTO = "auto"  # nvidia-cdi-refresh.service when installed, else nvidia-ctk directly
+    NEVER = "never"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 class RunResult(str, enum.Enum):
     """How a run ended, as the state file and ``status`` say it."""
 
@@ -336,6 +347,8 @@ class Config:
     # metrics.textfile: "" the key is absent (the default path when its directory
     # exists), None turned off, else the .prom file to write
     metrics_textfile: Optional[str] = ""
+    cdi_refresh: CdiRefresh = CdiRefresh.AUTO
+    cdi_timeout: float = 60.0  # bound on each program (or the service) of the refresh
     # of the config file's bytes (with a mig-parted file: of both); not part of equality
     sha256: str = field(default="", compare=False)
 

@@ -24,6 +24,9 @@ Rules:
    as /tmp is accepted: others cannot replace what root put there); the program must be
    a regular executable file of root (or us) that no one else can write. A refusal is
    ``Untrusted`` with the reason and the fix.
+6. A file whose content a root process acts on (NVIDIA's CDI env file) is read with
+   ``read_trusted``: the same walk, a regular file of root (or us) that no one else
+   can write, read through the descriptor checked and at most ``limit`` bytes.
 """
 
 from __future__ import annotations
@@ -149,6 +152,40 @@ def open_trusted(program: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def read_trusted(path: str, limit: int = OUTPUT_LIMIT) -> str:
+    """The text of ``path`` after the checks of rule 6 (UTF-8, undecodable bytes replaced).
+
+    Raises:
+        Untrusted: another user could change it, it is not a regular file, or it is
+            larger than ``limit`` bytes.
+        OSError: it does not exist or cannot be read.
+    """
+    resolved, seen = _resolve_checked(path)
+    fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            raise Untrusted(f"{path}: changed while it was checked")
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted(f"{path}: not a regular file")
+        if not _owner_only(st):
+            raise Untrusted(
+                f"{path}: owned by uid {st.st_uid} or writable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}) (chown root:root {path} && chmod 0644 {path})"
+            )
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > limit:
+            raise Untrusted(f"{path}: larger than {limit} bytes")
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace")
 
 
 def fd_executable(fd: int) -> str:

@@ -38,7 +38,7 @@ Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` val
       "drift": false,                     # true: the watch found drift and restored it
       "nvml_error": null,                 # the NVML error name that failed the run
       "units": {"stopped": [...], "start_failed": [...]},   # start_failed: still stopped
-      "hooks_failed": ["one line per failed hook"],
+      "hooks_failed": ["one line per failed hook or CDI refresh step"],
       "unmatched": ["GPU labels no rule matched (left untouched)"],
       "counters": {...},                  # added by publish.Publisher (metrics.count)
       "gpus": [

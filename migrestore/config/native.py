@@ -63,6 +63,7 @@ from migrestore.model import (
     DRIFT_WARN,
     RESET_ALLOW,
     RESET_NEVER,
+    CdiRefresh,
     Config,
     DriftPolicy,
     GpuSpec,
@@ -264,6 +265,7 @@ _TOP_KEYS = (
     "drift",
     "hooks",
     "metrics",
+    "cdi",
     "gpus",
     "mig-parted",
 )
@@ -450,6 +452,19 @@ def native_config(
     if node is not None:
         metrics_textfile = _metrics(doc, node, "metrics")
 
+    cdi_refresh: str = CdiRefresh.AUTO.value
+    cdi_timeout = 60.0
+    node = get("cdi")
+    if node is not None:
+        cdi = read_mapping(doc, node, "cdi")
+        check_keys(doc, node, cdi, "cdi", ("refresh", "timeout"))
+        if "refresh" in cdi:
+            cdi_refresh = read_choice(
+                doc, cdi["refresh"][1], "cdi.refresh", tuple(c.value for c in CdiRefresh)
+            )
+        if "timeout" in cdi:
+            cdi_timeout = read_seconds(doc, cdi["timeout"][1], "cdi.timeout", 1.0, 600.0)
+
     if "gpus" in entries and "mig-parted" in entries:
         doc.fail(
             entries["mig-parted"][0],
@@ -490,4 +505,6 @@ def native_config(
         selected=selected,
         unit_timeout=unit_timeout,
         metrics_textfile=metrics_textfile,
+        cdi_refresh=CdiRefresh(cdi_refresh),
+        cdi_timeout=cdi_timeout,
     )

@@ -227,6 +227,27 @@ CASES = [
         "'fix' is not one of: restore, warn, ignore",
     ),
     (
+        "cdi-refresh-off-unquoted",
+        V + "cdi:\n  refresh: off\ngpus: []\n",
+        3,
+        "cdi.refresh",
+        "a boolean is not one of: auto, never",
+    ),
+    (
+        "cdi-typo",
+        V + "cdi: {refesh: never}\ngpus: []\n",
+        2,
+        "cdi.refesh",
+        "did you mean 'refresh'?",
+    ),
+    (
+        "cdi-timeout-long",
+        V + "cdi: {timeout: 1h}\ngpus: []\n",
+        2,
+        "cdi.timeout",
+        "above the maximum",
+    ),
+    (
         "drift-interval-zero",
         V + "drift:\n  interval: 0\ngpus: []\n",
         3,

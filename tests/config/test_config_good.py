@@ -15,6 +15,7 @@ from migrestore.model import (
     DRIFT_WARN,
     RESET_ALLOW,
     RESET_NEVER,
+    CdiRefresh,
     Config,
     GpuSpec,
     Hook,
@@ -202,6 +203,12 @@ POLICY_CASES = [
         dict(drift_policy=DRIFT_WARN, drift_interval=60.0),
     ),
     ("timeout-ms", "client-timeout: 1500ms\n", dict(unit_timeout=1.5)),
+    ("cdi-never", "cdi: {refresh: never}\n", dict(cdi_refresh=CdiRefresh.NEVER)),
+    (
+        "cdi-auto-timeout",
+        "cdi:\n  refresh: auto\n  timeout: 2m\n",
+        dict(cdi_refresh=CdiRefresh.AUTO, cdi_timeout=120.0),
+    ),
     (
         "hooks",
         "hooks:\n  post-apply:\n    - argv: [/usr/local/bin/regen-gres, --quiet, '3']\n      timeout: 30\n"
@@ -232,6 +239,7 @@ def test_defaults_are_the_models_defaults() -> None:
     assert parsed.ampere_reset == RESET_ALLOW
     assert (parsed.unit_timeout, parsed.driver_wait, parsed.drift_interval) == (90.0, 120.0, 60.0)
     assert parsed.selected is None
+    assert (parsed.cdi_refresh, parsed.cdi_timeout) == (CdiRefresh.AUTO, 60.0)
 
 
 def test_utf8_bom_and_crlf_are_accepted() -> None:

@@ -58,6 +58,10 @@ class FakeSystemctl:
     def fail_start(self, unit: str, message: str) -> None:
         (self.dir / "start-fail" / unit).write_text(message + "\n")
 
+    def system_state(self, state: str) -> None:
+        """What ``is-system-running`` answers (``starting`` while booting)."""
+        (self.dir / "system-state").write_text(state + "\n")
+
     def down(self) -> None:
         """Every call fails as it does where systemd is not running."""
         (self.dir / "down").write_text("")

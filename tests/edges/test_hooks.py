@@ -1,5 +1,5 @@
-"""hooks: clean environment, no shell, bounded time and output, CDI refresh; with small
-scripts written to tmp dirs."""
+"""hooks: clean environment, no shell, bounded time and output; with small scripts
+written to tmp dirs (the CDI refresh: test_cdi.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import pytest
 
 from migrestore.hooks import (
     CLEAN_PATH,
-    NVIDIA_CTK,
     OUTPUT_LIMIT,
     hook_environment,
-    refresh_cdi,
     result_environment,
     run_bounded,
     run_hooks,
@@ -218,61 +216,3 @@ def test_a_hook_killed_by_a_signal(tmp_path: Path, journal: Journal) -> None:
     assert run_hooks([Hook(argv=(prog,))], journal.log, {}) == (
         f"hook {prog} killed by SIGKILL; the MIG geometry is kept",
     )
-
-
-# --------------------------------------------------------------------------- CDI
-
-
-def test_cdi_refresh_runs_nvidia_ctk_generate(tmp_path: Path, journal: Journal) -> None:
-    args = tmp_path / "args"
-    ctk = script(tmp_path / "nvidia-ctk", f'echo "$@" > {args}\necho "INFO generated" >&2\n')
-    out = str(tmp_path / "cdi" / "nvidia.yaml")
-    assert refresh_cdi(journal.log, nvidia_ctk=ctk, output=out) is None
-    assert args.read_text() == f"cdi generate --output={out}\n"
-    assert journal.lines() == [
-        '<7>cdi_refresh_output line="INFO generated"',
-        f"<6>cdi_refreshed outcome=ok path={out}",
-    ]
-
-
-def test_cdi_refresh_never_looks_nvidia_ctk_up_on_path(
-    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a stand-in first on PATH is never run as root: only the fixed absolute path is
-    args = tmp_path / "args"
-    script(tmp_path / "nvidia-ctk", f'echo "$@" > {args}\n')
-    monkeypatch.setenv("PATH", f"{tmp_path}:{CLEAN_PATH}")
-    assert os.path.isabs(NVIDIA_CTK)
-    if os.path.exists(NVIDIA_CTK):
-        pytest.skip(f"{NVIDIA_CTK} is installed here")
-    assert refresh_cdi(journal.log) is None
-    assert not args.exists()
-    assert journal.lines() == ['<7>cdi_refresh_skipped outcome="nvidia-ctk not found"']
-
-
-def test_cdi_refresh_default_output(tmp_path: Path, journal: Journal) -> None:
-    args = tmp_path / "args"
-    ctk = script(tmp_path / "nvidia-ctk", f'echo "$@" > {args}\n')
-    assert refresh_cdi(journal.log, nvidia_ctk=ctk) is None
-    assert args.read_text() == "cdi generate --output=/var/run/cdi/nvidia.yaml\n"
-
-
-def test_cdi_refresh_failure_is_one_line_with_the_last_error(
-    tmp_path: Path, journal: Journal
-) -> None:
-    ctk = script(
-        tmp_path / "nvidia-ctk", "echo 'INFO start' >&2\necho 'ERROR no devices' >&2\nexit 1\n"
-    )
-    error = refresh_cdi(journal.log, nvidia_ctk=ctk, output="/x/nvidia.yaml")
-    assert error == (
-        f"{ctk} cdi generate --output=/x/nvidia.yaml exited with status 1: ERROR no devices "
-        "(run it by hand to see why; containers see stale MIG devices until it succeeds)"
-    )
-    assert journal.lines()[-1] == f'<3>cdi_refresh_failed outcome="{error}"'
-
-
-def test_cdi_refresh_is_bounded(tmp_path: Path, journal: Journal) -> None:
-    ctk = script(tmp_path / "nvidia-ctk", "exec sleep 300\n")
-    error = refresh_cdi(journal.log, nvidia_ctk=ctk, output="/x.yaml", timeout=0.3)
-    assert error is not None
-    assert error.startswith(f"{ctk} cdi generate --output=/x.yaml timed out after 0.3 s")

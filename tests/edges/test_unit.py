@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from migrestore import errors, hooks, lock, model, statefile
+from migrestore import cdi, errors, lock, model, statefile
 from migrestore.metrics import DEFAULT_TEXTFILE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +198,7 @@ def test_what_the_code_writes_stays_writable() -> None:
         real = re.sub(r"^/var/run/", "/run/", path)
         return any(real == w or real.startswith(w.rstrip("/") + "/") for w in writable)
 
-    for path in (lock.DEFAULT_LOCK, statefile.DEFAULT_STATE, hooks.CDI_OUTPUT, DEFAULT_TEXTFILE):
+    for path in (lock.DEFAULT_LOCK, statefile.DEFAULT_STATE, cdi.CDI_OUTPUT, DEFAULT_TEXTFILE):
         assert covered(path), f"{path} is not writable under ProtectSystem=strict"
 
 
