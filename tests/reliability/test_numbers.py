@@ -34,6 +34,7 @@ FIELDS: List[Tuple[str, str, str]] = [
     ("client-timeout", "version: 1\nclient-timeout: X\ngpus: []\n", "client-timeout"),
     ("driver-wait", "version: 1\ndriver-wait: X\ngpus: []\n", "driver-wait"),
     ("drift.interval", "version: 1\ndrift:\n  interval: X\ngpus: []\n", "drift.interval"),
+    ("cdi.timeout", "version: 1\ncdi:\n  timeout: X\ngpus: []\n", "cdi.timeout"),
     (
         "hook timeout",
         "version: 1\nhooks:\n  post-apply:\n    - argv: [/bin/true]\n      timeout: X\ngpus: []\n",
