@@ -172,6 +172,11 @@ def _text(raw: Any) -> str:
 # creates and destroys instances in a tight loop makes most attempts meet a vanished
 # handle; each attempt takes milliseconds, so ten stay well under a second.
 OBSERVE_ATTEMPTS = 10
+# The first attempts read strictly (any vanished read starts the observation again); the
+# later ones leave out an instance that vanished under them, so a client that churns
+# faster than a whole observation cannot fail it, and a read that fails once by chance
+# does not drop an instance that is still there.
+STRICT_ATTEMPTS = 3
 # What a read answers when another process changed the GPU under it: an instance gone
 # (its handle), or MIG mode switched off between two reads.
 VANISHED = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTED")
@@ -361,8 +366,9 @@ class Nvml:
         # observation again, a bounded number of times.
         for attempt in range(OBSERVE_ATTEMPTS):
             try:
+                tolerant = attempt >= STRICT_ATTEMPTS
                 with self._gate.shared():
-                    return tuple(self._observe(gpu, devices) for gpu in self._devices())
+                    return tuple(self._observe(gpu, devices, tolerant) for gpu in self._devices())
             except NvmlError as err:
                 if err.nvml_error not in VANISHED or attempt == OBSERVE_ATTEMPTS - 1:
                     raise
@@ -583,7 +589,9 @@ class Nvml:
 
     # ------------------------------------------------------------------ observe
 
-    def _observe(self, gpu: _Gpu, devices: bool = True) -> GpuState:
+    def _observe(self, gpu: _Gpu, devices: bool = True, tolerant: bool = False) -> GpuState:
+        """One GPU's state; ``tolerant``: an instance that vanishes while it is read is
+        left out (else its error is raised)."""
         mode = self._mig_mode(gpu)
         capable = mode is not None
         current, pending = mode if mode is not None else (False, False)
@@ -602,10 +610,12 @@ class Nvml:
         self._load_table(gpu, current)
         instances: Tuple[GpuInstance, ...] = ()
         if current:
-            instances = self._instances(gpu, devices)
+            instances = self._instances(gpu, devices, tolerant)
         return GpuState(identity, current, pending, self._profiles(gpu), instances)
 
-    def _instances(self, gpu: _Gpu, devices: bool = True) -> Tuple[GpuInstance, ...]:
+    def _instances(
+        self, gpu: _Gpu, devices: bool = True, tolerant: bool = False
+    ) -> Tuple[GpuInstance, ...]:
         found: List[Tuple[GpuInstance, List[ComputeInstance]]] = []
         taken = 0  # the memory slices of the GIs found so far, as a mask
         for profile in gpu.gi_profiles:
@@ -616,9 +626,9 @@ class Nvml:
                     with _nvml(f"{gpu.label}: read a GI of {profile.name}"):
                         info = pynvml.nvmlGpuInstanceGetInfo(gi)
                     gi_id = int(info.id)
-                    cis = self._cis(gpu, profile, gi, gi_id)
+                    cis = self._cis(gpu, profile, gi, gi_id, tolerant)
                 except NvmlError as err:
-                    if err.nvml_error in VANISHED and _gi_gone(gi):
+                    if tolerant and err.nvml_error in VANISHED and _gi_gone(gi):
                         continue  # another process destroyed it while it was read
                     raise
                 placement = Placement(int(info.placement.start), int(info.placement.size))
@@ -639,7 +649,7 @@ class Nvml:
                     key=lambda g: g.placement,
                 )
             )
-        scanned = self._mig_devices(gpu, want=ci_count)
+        scanned = self._mig_devices(gpu, want=ci_count, tolerant=tolerant)
         instances = []
         for gi, cis in found:
             full = []
@@ -661,7 +671,9 @@ class Nvml:
             pynvml.nvmlDeviceGetGpuInstances(gpu.handle, profile.id, buf, ctypes.byref(count))
         return [buf[i] for i in range(min(count.value, profile.max))]
 
-    def _cis(self, gpu: _Gpu, profile: GiProfile, gi: Any, gi_id: int) -> List[ComputeInstance]:
+    def _cis(
+        self, gpu: _Gpu, profile: GiProfile, gi: Any, gi_id: int, tolerant: bool = False
+    ) -> List[ComputeInstance]:
         cis: List[ComputeInstance] = []
         for ci_profile in self._ci_profiles_of(gpu, profile.id, gi):
             if ci_profile.max <= 0:
@@ -678,7 +690,7 @@ class Nvml:
                     with _nvml(f"{gpu.label}: read a CI of {ci_profile.name} in GI {gi_id}"):
                         info = pynvml.nvmlComputeInstanceGetInfo(buf[i])
                 except NvmlError as err:
-                    if err.nvml_error in VANISHED:
+                    if tolerant and err.nvml_error in VANISHED:
                         continue  # another process destroyed it after the listing
                     raise
                 cis.append(
@@ -693,7 +705,11 @@ class Nvml:
         return cis
 
     def _mig_devices(
-        self, gpu: _Gpu, stop_at: Optional[Tuple[int, int]] = None, want: int = 0
+        self,
+        gpu: _Gpu,
+        stop_at: Optional[Tuple[int, int]] = None,
+        want: int = 0,
+        tolerant: bool = False,
     ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]]:
         """(GI ID, CI ID) -> (MIG device UUID, pids), from the MIG device handles.
 
@@ -724,7 +740,7 @@ class Nvml:
                     continue
                 pids = self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})")
             except NvmlError as err:
-                if err.nvml_error in VANISHED:
+                if (tolerant or stop_at is not None) and err.nvml_error in VANISHED:
                     continue  # its CI was destroyed between the handle and the reads
                 raise
             devices[key] = (mig_uuid, pids)
