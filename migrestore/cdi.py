@@ -16,7 +16,7 @@ Rules:
    nodes), as NVIDIA's unit did. Either missing (not installed) is skipped.
 3. Then the spec. When ``nvidia-cdi-refresh.service`` is loaded in systemd, it is
    restarted (a oneshot with ``RemainAfterExit=yes``: a start of the active unit would do
-   nothing) and waited for, bounded by ``cdi.timeout``. While the system boots or
+   nothing) and waited for, within ``cdi.timeout``. While the system boots or
    ``migrestore.service`` is starting, the refresh is only queued (``--no-block``): it is
    ordered after us (``After=multi-user.target`` in NVIDIA's unit, ``Before=`` in ours),
    so waiting for it would wait for ourselves; it runs once we are done. Otherwise
@@ -28,7 +28,9 @@ Rules:
    systemctl's of ``services.Systemctl``), never through ``$PATH``, after
    ``proc.open_trusted`` checked it as hooks are checked, with a clean environment
    (``PATH``, ``LANG`` and the env file's variables only; systemctl gets ours, as in
-   ``services``), stdin /dev/null, cwd ``/``, bounded by ``cdi.timeout``. The env file is read with ``proc.read_trusted``: one
+   ``services``), stdin /dev/null, cwd ``/``. ``cdi.timeout`` bounds the whole refresh
+   (each program gets what the ones before left), so a pass of the watching daemon
+   stays within the unit's ``WatchdogSec=`` (the config keeps it at most 240 s). The env file is read with ``proc.read_trusted``: one
    another user can write is refused, and the spec is then not regenerated (a spec
    with the wrong options is worse than a stale one).
 5. Nothing here fails the restore: ``refresh`` never raises ``MigrestoreError`` nor
@@ -49,6 +51,7 @@ import contextlib
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -264,7 +267,8 @@ class _Run:
 
     def __init__(self, log: BoundLogger, timeout: float) -> None:
         self.log = log
-        self.timeout = timeout
+        self.timeout = timeout  # of the program running now (what is left of the budget)
+        self.deadline = time.monotonic() + timeout
         self.problems: List[str] = []
 
     def warn(self, step: str, problem: str) -> None:
@@ -277,6 +281,11 @@ class _Run:
         """``argv`` per rule 4. None after a failure to start (warned); _Missing when the
         program does not exist."""
         command = describe_argv(argv)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.warn(step, f"{command} not run: cdi.timeout was used up by the steps before")
+            return None
+        self.timeout = left
         try:
             program = open_trusted(argv[0])
         except FileNotFoundError:

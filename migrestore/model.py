@@ -348,7 +348,7 @@ class Config:
     # exists), None turned off, else the .prom file to write
     metrics_textfile: Optional[str] = ""
     cdi_refresh: CdiRefresh = CdiRefresh.AUTO
-    cdi_timeout: float = 60.0  # bound on each program (or the service) of the refresh
+    cdi_timeout: float = 60.0  # bound on the whole device node and CDI refresh
     # of the config file's bytes (with a mig-parted file: of both); not part of equality
     sha256: str = field(default="", compare=False)
 

@@ -256,6 +256,10 @@ def _instances(doc: Doc, node: yaml.Node, key: str) -> List[Wanted]:
     return out
 
 
+# The whole device node and CDI refresh runs in a pass, which the watching daemon does not
+# interrupt with watchdog pings: keep it well inside the unit's WatchdogSec=5min.
+CDI_TIMEOUT_MAX = 240.0
+
 _TOP_KEYS = (
     "version",
     "clients",
@@ -463,7 +467,7 @@ def native_config(
                 doc, cdi["refresh"][1], "cdi.refresh", tuple(c.value for c in CdiRefresh)
             )
         if "timeout" in cdi:
-            cdi_timeout = read_seconds(doc, cdi["timeout"][1], "cdi.timeout", 1.0, 600.0)
+            cdi_timeout = read_seconds(doc, cdi["timeout"][1], "cdi.timeout", 1.0, CDI_TIMEOUT_MAX)
 
     if "gpus" in entries and "mig-parted" in entries:
         doc.fail(

@@ -242,10 +242,10 @@ CASES = [
     ),
     (
         "cdi-timeout-long",
-        V + "cdi: {timeout: 1h}\ngpus: []\n",
+        V + "cdi: {timeout: 5m}\ngpus: []\n",
         2,
         "cdi.timeout",
-        "above the maximum",
+        "300s is above the maximum 240s",
     ),
     (
         "drift-interval-zero",

@@ -130,16 +130,23 @@ def test_tools_found_first_on_path_never_run(
     ]
 
 
-def test_a_hanging_program_is_killed_and_one_warning_says_so(
+def test_a_hanging_program_is_killed_and_the_budget_bounds_the_whole_refresh(
     tmp_path: Path, journal: Journal
 ) -> None:
+    ran = tmp_path / "ctk-ran"
     smi = script(tmp_path / "nvidia-smi", "exec sleep 300\n")
-    ctk = script(tmp_path / "nvidia-ctk", "exit 0\n")
+    ctk = script(tmp_path / "nvidia-ctk", f'touch "{ran}"\n')
     tools = Tools(nvidia_smi=smi, nvidia_ctk=ctk, env_file=str(tmp_path / "absent.env"))
-    problems = refresh(journal.log, tools, timeout=0.3)
-    assert problems == (f"device nodes: {smi} -L timed out after 0.3 s and was killed",)
+    problems = refresh(journal.log, tools, timeout=0.5)
+    assert len(problems) == 3
+    assert problems[0].startswith(f"device nodes: {smi} -L timed out after 0.")
+    assert problems[0].endswith(" s and was killed")
+    assert problems[1:] == (
+        f"control device nodes: {ctk} system create-device-nodes --control-devices not run: "
+        "cdi.timeout was used up by the steps before",
+        f"CDI refresh: {ctk} cdi generate not run: cdi.timeout was used up by the steps before",
+    )
+    assert not ran.exists()
     warnings = [line for line in journal.lines() if line.startswith("<4>")]
-    assert warnings == [
-        f'<4>cdi_refresh_failed error="{smi} -L timed out after 0.3 s and was killed" '
-        'step="device nodes"'
-    ]
+    assert len(warnings) == 3
+    assert all(line.startswith("<4>cdi_refresh_failed error=") for line in warnings)
