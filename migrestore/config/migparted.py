@@ -85,14 +85,19 @@ def referenced_mig_parted(
         doc.fail(file_node, "mig-parted.file", f"{path}: {exc.problem}", exc.fix)
     ref = Doc(path)
     root = compose(ref, text)
-    ref_entries = read_mapping(ref, root, "", "a mapping")
-    if "mig-configs" not in ref_entries:
+    fix = "point mig-parted.file at a file with 'version: v1' and 'mig-configs:'"
+    if not isinstance(root, yaml.MappingNode) or not any(
+        isinstance(k, yaml.ScalarNode) and k.tag == STR and k.value == "mig-configs"
+        for k, _ in root.value
+    ):
         doc.fail(
             file_node,
             "mig-parted.file",
-            f"{path} is not a mig-parted config (it has no mig-configs)",
-            "point it at a file with 'version: v1' and 'mig-configs:'",
+            f"{path} is not a mig-parted config (no 'mig-configs:' at its top level; "
+            "its content is not shown)",
+            fix,
         )
+    ref_entries = read_mapping(ref, root, "", "a mapping")
     return mig_parted_rules(ref, root, ref_entries, select)
 
 

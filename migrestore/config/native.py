@@ -260,7 +260,7 @@ def _instances(doc: Doc, node: yaml.Node, key: str) -> List[Wanted]:
 # interrupt with watchdog pings: keep it well inside the unit's WatchdogSec=5min.
 CDI_TIMEOUT_MAX = 240.0
 
-_TOP_KEYS = (
+TOP_KEYS = (
     "version",
     "clients",
     "client-timeout",
@@ -402,7 +402,7 @@ def native_config(
         root,
         entries,
         "",
-        _TOP_KEYS,
+        TOP_KEYS,
         ("version",),
         {"version": "start the file with 'version: 1'"},
     )

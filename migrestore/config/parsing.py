@@ -15,8 +15,8 @@ import hashlib
 from typing import List, Optional
 
 from migrestore.config.migparted import mig_parted_rules
-from migrestore.config.native import native_config
-from migrestore.config.yaml_strict import Doc, Reader, compose, read_mapping
+from migrestore.config.native import TOP_KEYS, native_config
+from migrestore.config.yaml_strict import Doc, Reader, compose, read_mapping, recognize
 from migrestore.model import Config
 
 
@@ -25,6 +25,7 @@ def parse_text(text: str, path: str, select: Optional[str], reader: Optional[Rea
     file's text when there is one."""
     doc = Doc(path)
     root = compose(doc, text)
+    recognize(doc, root, (*TOP_KEYS, "mig-configs"), "start the file with 'version: 1'")
     entries = read_mapping(doc, root, "", "a mapping of keys (the file's top level)")
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
     if "mig-configs" in entries:

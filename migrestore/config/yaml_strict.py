@@ -14,6 +14,11 @@ Rules:
 3. Numbers are finite: NaN and infinities are refused, and a numeral longer than
    ``_MAX_NUMBER_CHARS`` is refused before Python converts it.
 4. Pure: text and nodes in, values out; no I/O.
+5. No text of a file appears in an error before the file has parsed as YAML and is
+   known to be a config (``recognize``): PyYAML's messages lose their quoted parts,
+   anchors and aliases are not named, a file whose top level has none of the keys of a
+   config is refused without naming a key. ``-c /etc/shadow`` must not print a
+   password hash into the terminal and the journal.
 """
 
 from __future__ import annotations
@@ -72,14 +77,14 @@ class _Loader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             raise _Reject(
                 line,
-                f"YAML alias *{event.anchor} is not allowed",
+                "a YAML alias (*name) is not allowed",
                 "write the value out in full",
             )
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             raise _Reject(
                 line,
-                f"YAML anchor &{anchor} is not allowed",
+                "a YAML anchor (&name) is not allowed",
                 "remove the anchor and write values out in full",
             )
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
@@ -234,6 +239,43 @@ def _refuse_hidden_breaks(doc: Doc, text: str) -> None:
     )
 
 
+# A quoted part of a PyYAML message (a Python repr): the file's text (a tag handle, an
+# escape...). One character and PyYAML's token names ('<block end>') are kept.
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+_KEPT = re.compile(r".|\\(?:[a-z0-9'\"\\]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})|<[a-z ]+>")
+
+
+def _quoted(found: re.Match[str]) -> str:
+    inner = found.group(1) if found.group(1) is not None else found.group(2)
+    return found.group(0) if _KEPT.fullmatch(inner) else "(text not shown)"
+
+
+def _no_text(message: object) -> str:
+    """A PyYAML message without the file's text in it (rule 5): the file has not parsed,
+    so nothing says it is a config and not, say, a copy of /etc/shadow."""
+    return _QUOTED.sub(_quoted, one_line(message))
+
+
+def recognize(doc: Doc, root: yaml.Node, marks: Sequence[str], fix: str) -> None:
+    """Rule 5: the file's text may appear in errors only once it is known to be a config:
+    its top level is a mapping with at least one of the keys ``marks`` (the keys a config
+    has at its top level). Before that, errors name the file and the line, nothing it
+    holds."""
+    if not isinstance(root, yaml.MappingNode):
+        shape = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+        doc.fail(root, "", f"expected a mapping of keys (the file's top level), got {shape}", fix)
+    for knode, _value in root.value:
+        if isinstance(knode, yaml.ScalarNode) and knode.tag == STR and knode.value in marks:
+            return
+    doc.fail_line(
+        None,
+        "",
+        "not a migrestore config: no key of its top level is one a config has "
+        f"({', '.join(marks[:2])}, ...); its content is not shown",
+        fix,
+    )
+
+
 def compose(doc: Doc, text: str) -> yaml.Node:
     """The node tree of ``text``, or a ConfigError; never a library exception."""
     nul = text.find("\x00")
@@ -262,9 +304,9 @@ def compose(doc: Doc, text: str) -> yaml.Node:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = int(mark.line) + 1 if mark is not None else None
-        problem = one_line(exc.problem or exc.context or "invalid YAML")
+        problem = _no_text(exc.problem or exc.context or "invalid YAML")
         if exc.context and exc.problem:
-            problem = f"{one_line(exc.context)}, {problem}"
+            problem = f"{_no_text(exc.context)}, {problem}"
         doc.fail_line(
             at, "", f"YAML syntax error: {problem}", "check the indentation and the quoting"
         )
@@ -275,8 +317,8 @@ def compose(doc: Doc, text: str) -> yaml.Node:
             f"character #x{exc.character:04x} is not allowed in YAML",
             "remove the control character",
         )
-    except yaml.YAMLError as exc:
-        doc.fail_line(None, "", f"YAML error: {one_line(exc)}", "check the file's syntax")
+    except yaml.YAMLError:
+        doc.fail_line(None, "", "not valid YAML", "check the file's syntax")
     except RecursionError:
         doc.fail_line(None, "", "nesting too deep", "a migrestore config nests at most 6 levels")
     finally:

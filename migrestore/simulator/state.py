@@ -19,7 +19,8 @@ Rules:
    fsync of the directory).
    A thread lock makes both stores safe for threads.
 3. A state file that cannot be read or does not have the documented shape raises
-   ``StateFileError`` naming the file and what is wrong, never a traceback.
+   ``StateFileError`` naming the file and what is wrong (the kind of a bad value, never
+   the value: the file may not be ours), never a traceback.
 4. Each transaction first does the housekeeping the caller passes (pruning dead pids,
    applying a reboot when the boot id changed) so no caller ever sees a stale client.
 """
@@ -220,6 +221,12 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
     }
 
 
+def _kind(value: Any) -> str:
+    """What a bad value is, without the value: the file may not be ours (a path given to
+    --simulate by mistake), and its content does not belong in an error."""
+    return f"a JSON {type(value).__name__}" if value is not None else "null"
+
+
 class _Reader:
     """Typed access to parsed JSON that reports the path of a bad value."""
 
@@ -242,16 +249,16 @@ class _Reader:
             raise self.fail(at, f"missing key {key!r}")
         value = obj[key]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise self.fail(f"{at}.{key}", f"expected an integer, found {value!r}")
+            raise self.fail(f"{at}.{key}", f"expected an integer, found {_kind(value)}")
         if kind is not int and not isinstance(value, kind):
-            raise self.fail(f"{at}.{key}", f"expected {kind.__name__}, found {value!r}")
+            raise self.fail(f"{at}.{key}", f"expected {kind.__name__}, found {_kind(value)}")
         return value
 
     def ints(self, obj: Dict[str, Any], key: str, at: str) -> List[int]:
         values = self.get(obj, key, list, at)
         for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, int):
-                raise self.fail(f"{at}.{key}[{i}]", f"expected an integer, found {v!r}")
+                raise self.fail(f"{at}.{key}[{i}]", f"expected an integer, found {_kind(v)}")
         return [int(v) for v in values]
 
 
@@ -265,7 +272,7 @@ def from_json(data: Any, where: str) -> SimState:
     top = r.obj(data, "top level")
     fmt = r.get(top, "format", str, "top level")
     if fmt != FORMAT:
-        raise r.fail("format", f"expected {FORMAT!r}, found {fmt!r}")
+        raise r.fail("format", f"expected {FORMAT!r}, found another value (not shown)")
     driver_version = r.get(top, "driver_version", str, "top level")
     gpus: List[GpuRecord] = []
     for i, raw in enumerate(r.get(top, "gpus", list, "top level")):

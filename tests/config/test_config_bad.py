@@ -37,13 +37,13 @@ CASES = [
     ("syntax-unclosed", "version: 1\ngpus: [\n", 3, "", "YAML syntax error"),
     ("syntax-colon", "version: 1\ngpus: a: b\n", 2, "", "mapping values are not allowed"),
     ("two-documents", "version: 1\n---\nversion: 1\n", 2, "", "expected a single document"),
-    ("anchor", "version: 1\nclients: &c [a.service]\ngpus: []\n", 2, "", "YAML anchor &c"),
+    ("anchor", "version: 1\nclients: &c [a.service]\ngpus: []\n", 2, "", "a YAML anchor (&name)"),
     (
         "alias-bomb",
         'a: &a ["x","x","x"]\nb: [*a,*a,*a]\nc: [*b,*b,*b]\n',
         1,
         "",
-        "YAML anchor &a is not allowed",
+        "a YAML anchor (&name) is not allowed",
     ),
     (
         "deep-nesting",

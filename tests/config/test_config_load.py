@@ -177,7 +177,7 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
         name = chr(ord("a") + i)
         lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
     err = refused(write(tmp_path / "c.yaml", "\n".join(lines) + "\n"))
-    assert (err.line, err.problem) == (1, "YAML anchor &a is not allowed")
+    assert (err.line, err.problem) == (1, "a YAML anchor (&name) is not allowed")
 
 
 def test_deep_nesting_is_refused(tmp_path: Path) -> None:
