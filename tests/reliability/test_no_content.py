@@ -8,7 +8,7 @@ Rules:
    keys) and the line is the config's own. Tried through every path that reads a file:
    the config (``-c``, for validate, plan, apply and ``daemon --once``), a mig-parted file
    a native config references, the state file, the stopped-units note, the simulator
-   state of ``--simulate`` and a hook's executable.
+   state of ``--simulate``, a hook's executable and the CDI env file.
 2. The contents are secret-looking files of every shape the readers meet: a shadow line,
    YAML whose keys, tags, anchors, aliases, tag handles or escapes carry the secret,
    JSON, a list, Latin-1 and binary data. Each run still fails (or, for a file only
@@ -17,11 +17,14 @@ Rules:
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest
 
+from migrestore import logs
+from migrestore.cdi import Tools, refresh
 from tests.integration.cli_util import Result, run
 from tests.reliability.rig import Rig, fast_dir
 
@@ -185,6 +188,28 @@ class TestNoContentInErrors:
             )
             result = run(capsys, *_args(rig, "-c", rig.config_path, "apply", "--no-clients"))
             found = _clean(result)
+            if found:
+                problems[name] = found
+        assert problems == {}
+
+    def test_cdi_env_file(self, tmp_path: Path) -> None:
+        """The operator's nvidia-cdi-refresh.env (read as root for nvidia-ctk): lines it
+        ignores are reported by number, nothing of them is shown."""
+        smi = tmp_path / "nvidia-smi"
+        ctk = tmp_path / "nvidia-ctk"
+        for program, body in ((smi, "exit 0\n"), (ctk, "exit 3\n")):
+            program.write_text("#!/bin/sh\n" + body)
+            program.chmod(0o755)
+        problems = {}
+        for name in FILE_SHAPES:
+            env_file = _secret_file(tmp_path, CONTENTS[name] + f"\nX={SECRET}\n".encode())
+            out = io.StringIO()
+            logs.configure("journal", "debug", stream=out)
+            tools = Tools(nvidia_smi=str(smi), nvidia_ctk=str(ctk), env_file=str(env_file))
+            said = refresh(logs.get_logger(), tools, timeout=30)
+            found = _clean(Result(0, "\n".join(said), out.getvalue()))
+            if "cdi_env_lines_ignored" not in out.getvalue() and name != "key":
+                found.append(f"no line reported as ignored: {out.getvalue()}")
             if found:
                 problems[name] = found
         assert problems == {}
