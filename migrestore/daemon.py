@@ -13,8 +13,10 @@ Sequence (docs/ARCHITECTURE.md, design §2):
 5. Watch: re-observe every ``drift.interval`` and on SIGHUP (which also reloads the
    config; a bad new config is reported and the old one kept). Drift is restored or
    only reported, per ``drift.policy``; a tick that finds nothing to change rewrites
-   the metrics file alone. WATCHDOG=1 when systemd asks for it. SIGTERM
-   exits 0 and leaves the geometry as it is.
+   the metrics file alone. WATCHDOG=1 when systemd asks for it, also during a tick
+   (a thread pings within the budget the tick declares, ``_Keepalive``). SIGTERM
+   exits 0 and leaves the geometry as it is; it also ends a wait for the driver or for
+   the GPU lock at once, with nothing changed (``Cancelled``).
 
 Rules: NVML is open only for a pass, a watch tick or a reload check, and shut down
 after (issue 12 item 1): a process with NVML initialised holds /dev/nvidiactl, the GPUs'
@@ -33,6 +35,7 @@ import gc
 import os
 import select
 import signal
+import threading
 import time
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -46,7 +49,7 @@ from migrestore.errors import (
     MigrestoreError,
     NvmlError,
 )
-from migrestore.lock import GpuLock
+from migrestore.lock import Cancelled, GpuLock
 from migrestore.model import Config, DriftPolicy, GpuState, RunResult
 from migrestore.notify import Notifier
 from migrestore.nvml import Nvml
@@ -54,6 +57,8 @@ from migrestore.services import Systemctl
 
 DRIVER_POLL = 1.0  # seconds between NVML init attempts while waiting for the driver
 LOCK_TIMEOUT = 120.0  # seconds to wait for a concurrent 'migrestore apply'
+# What a watch tick may take before the pass extends it: the lock wait and the reads.
+TICK_BUDGET = LOCK_TIMEOUT + 60.0
 
 
 class _Signals:
@@ -94,6 +99,34 @@ class _Signals:
         os.close(self.write_fd)
 
 
+class _Keepalive:
+    """WATCHDOG=1 from a thread while a watch-loop tick or reload runs (a restore can take
+    longer than the watchdog interval; issue 13 finding 5), but only within the budget
+    the tick declared: ``TICK_BUDGET`` for its lock wait and reads, extended by the pass
+    before each slow step (``Daemon.extend``). A tick stuck past its budget is no longer
+    pinged, so systemd's watchdog still catches a hang."""
+
+    def __init__(self, notifier: Notifier, interval: float, budget: float) -> None:
+        self.notifier = notifier
+        self.interval = interval
+        self.deadline = time.monotonic() + budget
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self._thread.start()
+
+    def extend(self, seconds: float) -> None:
+        self.deadline = max(self.deadline, time.monotonic() + seconds)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            if time.monotonic() < self.deadline:
+                self.notifier.watchdog()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 class Daemon:
     def __init__(
         self,
@@ -118,12 +151,51 @@ class Daemon:
         self.state_path = backend.state_path(simulate)
         self.lock_path = backend.lock_path(simulate)
         self.summary = ""  # the last one-line STATUS= summary
+        self.signals: Optional[_Signals] = None  # SIGTERM cuts the waits short
+        self.keepalive: Optional[_Keepalive] = None  # while a watch tick runs
         self.publisher = publish.Publisher(
             self.state_path,
             metrics.textfile_path(cfg.metrics_textfile, simulate),
             lambda path, error: log.warning("metrics_not_written", path=path, error=error),
             lambda: engine.left_stopped(self.state_path, log),
         )
+
+    # ----------------------------------------------------------------- waits
+
+    def stop_requested(self) -> bool:
+        return self.signals is not None and self.signals.stop
+
+    def pause(self, seconds: float) -> None:
+        """Sleep between attempts; SIGTERM ends the wait at once (Cancelled)."""
+        if self.signals is None or self.signals.reload:
+            time.sleep(seconds)  # (a pending SIGHUP would end every wait at once)
+        else:
+            self.signals.wait(seconds)
+        if self.stop_requested():
+            raise Cancelled("stopped while waiting")
+
+    def extend(self, seconds: float) -> None:
+        """The pass asks for ``seconds`` more before a slow step: systemd's start (or
+        reload) timeout, and the watchdog keepalive of a watch tick."""
+        self.notifier.extend_timeout(seconds)
+        if self.keepalive is not None:
+            self.keepalive.extend(seconds)
+
+    @contextlib.contextmanager
+    def keeping_alive(self, interval: Optional[float]) -> Iterator[None]:
+        if interval is None:
+            yield
+            return
+        self.keepalive = _Keepalive(self.notifier, interval, TICK_BUDGET)
+        try:
+            yield
+        finally:
+            keepalive, self.keepalive = self.keepalive, None
+            keepalive.close()
+
+    def lock(self) -> GpuLock:
+        """The GPU lock; SIGTERM ends the wait for it (Cancelled), nothing done."""
+        return GpuLock(self.lock_path, timeout=LOCK_TIMEOUT, cancel=self.stop_requested)
 
     # ----------------------------------------------------------------- phases
 
@@ -144,7 +216,7 @@ class Daemon:
                     self.log.warning("waiting_for_driver", reason=str(exc))
                     self.notifier.status("waiting for NVIDIA driver")
                     said = True
-                time.sleep(DRIVER_POLL)
+                self.pause(DRIVER_POLL)
 
     def write_state(
         self,
@@ -204,7 +276,7 @@ class Daemon:
             self.shut(nv)
 
     def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
-        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session():
+        with self.lock(), self.session():
             return self.converge_locked(observed)
 
     def converge_locked(
@@ -218,7 +290,7 @@ class Daemon:
             log=self.log,
             ctl=self.ctl,
             status=self.notifier.status,
-            extend=self.notifier.extend_timeout,
+            extend=self.extend,
             observed=observed,
             state_path=self.state_path,
         )
@@ -245,7 +317,7 @@ class Daemon:
             finally:
                 self.shut(nv)
         self.notifier.status("observing GPUs")
-        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session() as nv:
+        with self.lock(), self.session() as nv:
             outcome = self.converge_locked()
             summary = self.summary = outcome.summary()
             if outcome.converged_before:
@@ -262,7 +334,7 @@ class Daemon:
     def check(self, reason: str) -> None:
         """One watch tick: observe, plan, restore or report drift. Under the GPU lock:
         the GPUs are not read while another migrestore changes them."""
-        with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session():
+        with self.lock(), self.session():
             self._check_locked(reason)
 
     def _check_locked(self, reason: str) -> None:
@@ -273,6 +345,8 @@ class Daemon:
         plan, desired = engine.make_plan(self.cfg, light, force=True)
         if plan.converged:
             self.log.debug("watch", reason=reason, outcome="converged")
+            # a killed or interrupted 'migrestore apply' may have left clients stopped
+            engine.start_left_stopped(self.ctl, self.cfg, self.state_path, self.log)
             # every GPU a rule matches is as declared
             self.publisher.tick(light, dict.fromkeys(desired))
             return
@@ -302,7 +376,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = configmod.load(self.config_path, self.select_name)
-            with GpuLock(self.lock_path, timeout=LOCK_TIMEOUT), self.session() as nv:
+            with self.lock(), self.session() as nv:
                 engine.make_plan(new, nv.observe(devices=False), force=True)
         except (ConfigError, InfeasibleError) as exc:
             self.log.error(
@@ -310,12 +384,20 @@ class Daemon:
             )
             self.notifier.ready(f"config reload failed, previous config kept: {exc}")
             return
+        except BaseException as exc:
+            # the pre-check could not read the GPUs (or the lock wait was cut short):
+            # RELOADING=1 is always followed by READY=1, which says what failed
+            self.log.error(
+                "config_reload_failed", error=str(exc), outcome="keeping the previous config"
+            )
+            self.notifier.ready(f"config reload failed, previous config kept: {exc}")
+            raise
         self.cfg = new
         self.publisher.metrics_path = metrics.textfile_path(new.metrics_textfile, self.simulate)
         self.log.info("config_reloaded", path=self.config_path)
         try:
             self.check("reload")
-        except MigrestoreError as exc:
+        except BaseException as exc:
             self.notifier.ready(f"failed: {exc}")
             raise
         self.notifier.ready(f"reloaded: {self.summary}")
@@ -339,12 +421,16 @@ class Daemon:
             try:
                 if signals.reload:
                     signals.reload = False
-                    self.reload()
+                    with self.keeping_alive(watchdog):
+                        self.reload()
                     interval = self.cfg.drift_interval
                     next_check = time.monotonic() + interval
                 elif time.monotonic() >= next_check:
-                    self.check("interval")
+                    with self.keeping_alive(watchdog):
+                        self.check("interval")
                     next_check = time.monotonic() + interval
+            except Cancelled:
+                continue  # SIGTERM while waiting for the GPU lock: the loop stops
             except MigrestoreError as exc:
                 # The watcher keeps running: a failed restore is reported and retried at
                 # the next interval (the clients it stopped were started again).
@@ -399,9 +485,14 @@ def run(
         log=log,
         notifier=notifier,
     )
+    daemon.signals = signals
     try:
         try:
             daemon.start()
+        except Cancelled:
+            log.info("stopping", outcome="stopped while waiting; nothing was changed")
+            notifier.stopping()
+            return EXIT_OK
         except MigrestoreError as exc:
             log.error("failed", error=str(exc), exit_code=exc.exit_code)
             notifier.status(f"failed: {exc}")

@@ -8,7 +8,10 @@ Rules:
 2. An invalid or infeasible layout is rejected by the planner before any unit is stopped.
 3. Client units are stopped only when there is something to change, and exactly the
    units that were stopped are started again (``--no-block``), on success and on every
-   failure path.
+   failure path. An interrupt during the stops starts every unit that was running (a
+   stop job systemd finishes though its systemctl was killed leaves one stopped); the
+   note of them is rewritten only after their starts were queued, so a run killed
+   before that leaves it for the next run (or the watching daemon's next tick).
 4. Post-apply hooks and the device node and CDI refresh (``migrestore.cdi``, unless
    ``cdi.refresh: never``) run only after a verified change; a refresh problem is a
    warning in the outcome (``cdi_problems``), never a failure of the pass.
@@ -219,6 +222,22 @@ def _restart(
     return failed
 
 
+def start_left_stopped(
+    ctl: Optional[Systemctl], cfg: Config, state_path: str, log: Any
+) -> Tuple[str, ...]:
+    """Start the units an earlier run stopped and did not start again (it was killed or
+    interrupted): the watching daemon's every tick, with nothing to change on the GPUs
+    (rule 3). Returns the units whose start failed (they stay in the note)."""
+    if not manages_units(ctl):
+        return ()
+    path = _pending_file(state_path)
+    units = _read_pending(path, tuple(cfg.clients), log)
+    if not units:
+        return ()
+    log.warning("units_left_stopped", units=",".join(units), outcome="starting them")
+    return _restart(ctl, units, path, log)
+
+
 def converge(
     nv: Nvml,
     cfg: Config,
@@ -294,6 +313,10 @@ def converge(
             active = tuple(u for u in cfg.clients if ctl.is_active(u))
             # written before the first stop: a run killed from here on leaves the note
             _write_pending(pending_path, tuple(dict.fromkeys(left_stopped + active)), log)
+            # Until the stops return, every unit that was running counts as stopped: an
+            # interrupt (Ctrl-C) in a stop leaves the unit stopped, as systemd finishes a
+            # stop job whose systemctl was killed (issue 13 finding 1).
+            stopped = active
             stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
         elif cfg.clients and ctl is not None:
             log.warning(

@@ -10,7 +10,8 @@ Rules:
    when its holder dies, even by SIGKILL, so a crashed run never leaves a stale lock.
 2. A waiter polls (small sleeps) for up to ``timeout`` seconds, then gives up with a
    LockError that names the holder: its pid and command, which every holder writes
-   into the file once it has the lock.
+   into the file once it has the lock. A ``cancel`` callable that turns true (the
+   daemon's SIGTERM) ends the wait at the next poll with ``Cancelled``.
 3. The file is opened with O_NOFOLLOW (a symlink is refused, never followed), must be
    a regular file owned by root or by us, and is made mode 0600. An existing file is
    used only when it is empty or holds one holder line: anything else (``/etc/passwd``
@@ -34,11 +35,11 @@ import stat
 import sys
 import time
 from types import TracebackType
-from typing import Optional, Type
+from typing import Callable, Optional, Type
 
 from migrestore.errors import LockError
 
-__all__ = ["DEFAULT_LOCK", "GpuLock", "default_path"]
+__all__ = ["DEFAULT_LOCK", "Cancelled", "GpuLock", "default_path"]
 
 DEFAULT_LOCK = "/run/migrestore.lock"
 DEFAULT_TIMEOUT = 30.0
@@ -87,6 +88,11 @@ def _seconds(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
 
 
+class Cancelled(Exception):
+    """The wait for the lock was cut short by ``cancel`` (the daemon's SIGTERM): nothing
+    was done. Not a MigrestoreError: it is no failure to report."""
+
+
 class GpuLock:
     """``with GpuLock(): ...`` holds the lock for the block.
 
@@ -100,9 +106,11 @@ class GpuLock:
         timeout: float = DEFAULT_TIMEOUT,
         command: Optional[str] = None,
         poll: float = POLL,
+        cancel: Optional[Callable[[], bool]] = None,
     ) -> None:
         self.path = path or default_path()
         self.timeout = timeout
+        self.cancel = cancel
         self.command = " ".join((command or _our_command()).split())[:COMMAND_MAX]
         self.poll = poll
         self._fd: Optional[int] = None  # the locked directory
@@ -243,6 +251,8 @@ class GpuLock:
                         fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
+                        if self.cancel is not None and self.cancel():
+                            raise Cancelled(f"the wait for {self.path} was cut short") from None
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             raise LockError(

@@ -23,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Optional
 
@@ -55,6 +56,7 @@ class Notifier:
         self._log = log
         self._sender: Any = None
         self._warned = False
+        self._lock = threading.Lock()  # the daemon's watchdog keepalive sends from a thread
 
     @property
     def enabled(self) -> bool:
@@ -119,6 +121,10 @@ class Notifier:
         if not self._address:
             return
         payload = message.encode("utf-8", "replace").decode("latin-1")
+        with self._lock:
+            self._send_locked(message, payload)
+
+    def _send_locked(self, message: str, payload: str) -> None:
         error: Optional[BaseException] = None
         for _attempt in range(2):
             try:
