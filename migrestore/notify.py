@@ -16,6 +16,11 @@ Rules:
    passes its own), and the next send connects again (the socket may have been
    re-created by a ``systemctl daemon-reexec``). Text that is not valid UTF-8 (a
    path with undecodable bytes) is sent with replacement characters, not refused.
+   A send never blocks for long: systemd's socket queues a few datagrams only
+   (``net.unix.max_dgram_qlen``, 10 by default), so when nothing reads it a send waits
+   at most ``SEND_TIMEOUT`` once; the messages after it are dropped without waiting until
+   one goes through again (a daemon stuck on a notification would ignore SIGTERM and
+   never restore a drift).
 5. ``READY=1`` means converged (the daemon sends it after verification), and nothing
    else.
 """
@@ -23,6 +28,7 @@ Rules:
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from typing import Any, Optional
@@ -34,6 +40,7 @@ from migrestore.logs import BoundLogger
 __all__ = ["STATUS_MAX", "Notifier", "one_line"]
 
 STATUS_MAX = 200
+SEND_TIMEOUT = 2.0  # seconds one datagram may wait for room in the socket (rule 4)
 
 
 def one_line(text: str, limit: int = STATUS_MAX) -> str:
@@ -56,6 +63,7 @@ class Notifier:
         self._log = log
         self._sender: Any = None
         self._warned = False
+        self._congested = False  # the last send found the queue full (rule 4)
         self._lock = threading.Lock()  # the daemon's watchdog keepalive sends from a thread
 
     @property
@@ -130,8 +138,17 @@ class Notifier:
             try:
                 if self._sender is None:
                     self._sender = self._connect()
+                sock = getattr(self._sender, "socket", None)
+                if sock is not None:
+                    sock.settimeout(0.0 if self._congested else SEND_TIMEOUT)
                 self._sender.notify(payload)
+                self._congested = False
                 return
+            except (socket.timeout, BlockingIOError) as err:
+                # nothing reads the socket: drop this one, do not wait for the next
+                self._congested = True
+                error = err
+                break
             except (OSError, ValueError) as err:  # ValueError: a NUL in a path address
                 error = err
                 self._close()

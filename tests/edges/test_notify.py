@@ -172,3 +172,25 @@ def test_text_that_is_not_utf8_is_sent_replaced_not_raised(
     n.status("failed: /etc/migrestore-\udcff.yaml:3: bad")
     assert sock.recv(200) == b"STATUS=failed: /etc/migrestore-?.yaml:3: bad"
     sock.close()
+
+
+def test_a_socket_nobody_reads_never_blocks_the_service(
+    systemd: socket.socket, monkeypatch: pytest.MonkeyPatch, journal: Journal
+) -> None:
+    """systemd's socket queues a few datagrams (net.unix.max_dgram_qlen): when nothing
+    reads it, one send waits at most SEND_TIMEOUT and the rest are dropped at once, with
+    one warning; once the queue drains, messages go through again."""
+    monkeypatch.setattr("migrestore.notify.SEND_TIMEOUT", 0.05)
+    n = Notifier(journal.log)
+    for i in range(200):  # far more than any queue holds
+        n.status(f"step {i}")
+    warnings = journal.lines()
+    assert len(warnings) == 1 and warnings[0].startswith("<4>notify_failed"), warnings
+    assert "message=STATUS" in warnings[0]
+    systemd.settimeout(0)
+    with pytest.raises(BlockingIOError):
+        while True:  # drain what was queued
+            systemd.recv(65536)
+    systemd.settimeout(5)
+    n.ready("converged")
+    assert recv(systemd) == "READY=1\nSTATUS=converged"
