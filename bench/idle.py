@@ -130,7 +130,7 @@ def tick_cost(state: str, count: int, cfg: Config, directory: Path, ticks: int) 
     try:
         assert daemon.nv is not None and daemon.nv.backend.attached
         sim = daemon.nv.backend.simulator
-        if not engine.make_plan(cfg, daemon.nv.observe(), force=False)[0].converged:
+        if not engine.decide(cfg, daemon.nv.observe(), force=False).converged:
             raise HarnessError("the idle tick would find drift: the state file is not converged")
         _ticks(daemon, 1)  # the session's one-time reads, as before READY
         out["cpu_ms_state_file"] = _ticks(daemon, ticks)

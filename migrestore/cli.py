@@ -353,7 +353,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = configmod.load(_config_path(args), args.select)
     with _session(args) as nv:
         observed = nv.observe()
-    plan, _desired = engine.make_plan(cfg, observed, force=args.force)
+    plan = engine.decide(cfg, observed, force=args.force).plan
     if args.json:
         _print_json(render.plan_json(plan))
     else:
@@ -374,7 +374,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             from migrestore import render
 
-            plan, _ = engine.make_plan(cfg, nv.observe(), force=args.force)
+            plan = engine.decide(cfg, nv.observe(), force=args.force).plan
             sys.stdout.write(render.plan_text(plan))
             return EXIT_OK
         with GpuLock(backend.lock_path(_simulate(args)), timeout=args.lock_timeout):
@@ -492,7 +492,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not observed:
         _warn_unchecked(cfg, "no GPU")
-    plan, _ = engine.make_plan(cfg, observed, force=True)
+    plan = engine.decide(cfg, observed, force=True).plan
     changes = len(plan.actions)
     sys.stdout.write(
         f"{path}: valid and feasible on {len(observed)} GPU(s); "

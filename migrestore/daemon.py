@@ -1,6 +1,6 @@
 """The boot service (``migrestore daemon``, the unit's ExecStart).
 
-Sequence (docs/ARCHITECTURE.md, design §2):
+Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
 
 1. Load and validate the config. Invalid: one journal line naming file:line, STATUS=,
    exit 78, nothing touched.
@@ -10,13 +10,14 @@ Sequence (docs/ARCHITECTURE.md, design §2):
    apply, verify, start exactly those units again (--no-block), hooks, CDI refresh.
 4. READY=1 with a one-line STATUS= summary; write the state file, then the metrics
    file (publish.Publisher; a metrics file that cannot be written is one warning).
-5. Watch: re-observe every ``drift.interval`` and on SIGHUP (which also reloads the
-   config; a bad new config is reported and the old one kept). Drift is restored or
-   only reported, per ``drift.policy``; a tick that finds nothing to change rewrites
-   the metrics file alone. WATCHDOG=1 when systemd asks for it, also during a tick
-   (a thread pings within the budget the tick declares, ``_Keepalive``). SIGTERM
-   exits 0 and leaves the geometry as it is; it also ends a wait for the driver or for
-   the GPU lock at once, with nothing changed (``Cancelled``).
+5. Watch: every ``drift.interval`` and on SIGHUP (which also reloads the config; a
+   bad new config is reported and the old one kept) one tick observes and decides once
+   (``engine.look``); drift is restored with that decision, or only reported, per
+   ``drift.policy``; a tick that finds nothing to change rewrites the metrics file
+   alone. WATCHDOG=1 when systemd asks for it, also during a tick (a thread pings
+   within the budget the tick declares, ``_Keepalive``). SIGTERM exits 0 and leaves
+   the geometry as it is; it also ends a wait for the driver or for the GPU lock at
+   once, with nothing changed (``Cancelled``).
 
 Rules: NVML is open only for a pass, a watch tick or a reload check, and shut down
 after (issue 12 item 1): a process with NVML initialised holds /dev/nvidiactl, the GPUs'
@@ -275,12 +276,12 @@ class Daemon:
             self.nv = None
             self.shut(nv)
 
-    def converge(self, observed: Optional[Tuple[GpuState, ...]] = None) -> engine.Outcome:
+    def converge(self, decision: Optional[engine.Decision] = None) -> engine.Outcome:
         with self.lock(), self.session():
-            return self.converge_locked(observed)
+            return self.converge_locked(decision)
 
     def converge_locked(
-        self, observed: Optional[Tuple[GpuState, ...]] = None, *, drift: bool = False
+        self, decision: Optional[engine.Decision] = None, *, drift: bool = False
     ) -> engine.Outcome:
         """``converge`` for a caller that holds the GPU lock already."""
         assert self.nv is not None
@@ -291,7 +292,7 @@ class Daemon:
             ctl=self.ctl,
             status=self.notifier.status,
             extend=self.extend,
-            observed=observed,
+            decision=decision,
             state_path=self.state_path,
         )
         if outcome.devices_read:
@@ -339,25 +340,23 @@ class Daemon:
 
     def _check_locked(self, reason: str) -> None:
         assert self.nv is not None
-        # The geometry alone tells whether anything drifted; the full observation
-        # (MIG device UUIDs, processes) is read only when something did.
-        light = self.nv.observe(devices=False)
-        plan, desired = engine.make_plan(self.cfg, light, force=True)
-        if plan.converged:
+        policy = self.cfg.drift_policy
+        restore = reason == "reload" or policy == DriftPolicy.RESTORE
+        # One observation, one decision (engine.look): a pass that only reports drift
+        # destroys nothing, so processes cannot change its answer.
+        decision = engine.look(self.nv, self.cfg, force=not restore)
+        if decision.converged:
             self.log.debug("watch", reason=reason, outcome="converged")
             # a killed or interrupted 'migrestore apply' may have left clients stopped
             engine.start_left_stopped(self.ctl, self.cfg, self.state_path, self.log)
             # every GPU a rule matches is as declared
-            self.publisher.tick(light, dict.fromkeys(desired))
+            self.publisher.tick(decision.observed, dict.fromkeys(decision.desired))
             return
-        observed = self.nv.observe()
-        plan, _desired = engine.make_plan(self.cfg, observed, force=True)
-        drift = render.drift_text(plan.actions)
-        policy = self.cfg.drift_policy
-        if reason == "reload" or policy == DriftPolicy.RESTORE:
+        drift = render.drift_text(decision.plan.actions)
+        if restore:
             if reason != "reload":
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
-            outcome = self.converge_locked(observed, drift=reason != "reload")
+            outcome = self.converge_locked(decision, drift=reason != "reload")
             self.summary = outcome.summary()
             self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
             self.notifier.status(self.summary)
@@ -368,7 +367,8 @@ class Daemon:
                 "drift_detected", outcome="reported only (drift.policy: warn)", drift=drift
             )
             self.notifier.status(f"drift: {drift}")
-            self.write_state(RunResult.DRIFT, drift, observed)
+            # the state file lists the MIG device UUIDs: read them for it
+            self.write_state(RunResult.DRIFT, drift, self.nv.observe())
 
     def reload(self) -> None:
         """SIGHUP: load the config again and converge to it. A config that is invalid,
@@ -377,7 +377,7 @@ class Daemon:
         try:
             new = configmod.load(self.config_path, self.select_name)
             with self.lock(), self.session() as nv:
-                engine.make_plan(new, nv.observe(devices=False), force=True)
+                engine.decide(new, nv.observe(devices=False), force=True)
         except (ConfigError, InfeasibleError) as exc:
             self.log.error(
                 "config_reload_failed", error=str(exc), outcome="keeping the previous config"

@@ -1,36 +1,48 @@
-"""One convergence pass: observe, plan, stop clients, apply, verify, restart clients.
+"""One convergence pass, shared by ``migrestore apply`` and the daemon.
 
-Shared by ``migrestore apply`` and the daemon, so both behave the same way.
+The pass is one sequence, read top to bottom in ``converge``:
+
+    observe -> decide (pure) -> [converged: stop here]
+            -> with the client units stopped: change -> verify
+            -> (the units it stopped are started again) -> hooks, CDI refresh
 
 Rules:
 
-1. Nothing is touched when the plan is empty: no unit is stopped, no NVML change made.
-2. An invalid or infeasible layout is rejected by the planner before any unit is stopped.
-3. Client units are stopped only when there is something to change, and exactly the
-   units that were stopped are started again (``--no-block``), on success and on every
-   failure path. An interrupt during the stops starts every unit that was running (a
-   stop job systemd finishes though its systemctl was killed leaves one stopped); the
-   note of them is rewritten only after their starts were queued, so a run killed
-   before that leaves it for the next run (or the watching daemon's next tick).
-4. Post-apply hooks and the device node and CDI refresh (``migrestore.cdi``, unless
+1. Observe and decide once. ``look`` reads the geometry alone (no MIG device UUIDs nor
+   processes) and decides from it; the device scan is read, and the decision made
+   again, only when the plan would destroy an instance and processes matter (not
+   ``force``). ``decide`` is pure: it matches rules to GPUs and plans.
+2. Nothing is touched when the plan is empty: no unit is stopped, no NVML change made.
+3. An invalid or infeasible layout is rejected by the planner before any unit is
+   stopped; its error names the rule's ``file:line`` (the planner attaches it).
+4. Client units are stopped only when there is something to change, inside
+   ``services.clients_stopped``, which starts exactly the units it stopped (and those an
+   earlier run left stopped) again on every way out: success, error, Ctrl-C. An
+   interrupt during the stops starts every unit that was running (a stop job systemd
+   finishes though its systemctl was killed leaves one stopped); the note of them is
+   rewritten only after their starts were queued, so a run killed before that leaves
+   it for the next run (or the watching daemon's next tick, ``start_left_stopped``).
+5. Post-apply hooks and the device node and CDI refresh (``migrestore.cdi``, unless
    ``cdi.refresh: never``) run only after a verified change; a refresh problem is a
    warning in the outcome (``cdi_problems``), never a failure of the pass.
-5. The caller holds the GPU lock for the whole pass.
+6. The caller holds the GPU lock for the whole pass. This module does no file I/O.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from migrestore import config as configmod
 from migrestore import planner
-from migrestore.errors import InfeasibleError, MigrestoreError
+from migrestore.errors import MigrestoreError
 from migrestore.model import (
     CdiRefresh,
     Config,
+    DestroyCi,
+    DestroyGi,
+    GpuSpec,
     GpuState,
     Plan,
     Reset,
@@ -44,6 +56,49 @@ if TYPE_CHECKING:
 
 APPLY_BUDGET = 120.0  # seconds asked of systemd for the NVML changes of one pass
 RESET_BUDGET = 60.0  # and for each GPU reset on top
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a pass decided, and from what."""
+
+    plan: Plan
+    desired: Dict[str, Optional[GpuSpec]]
+    observed: Tuple[GpuState, ...]
+    # False: ``observed`` is the geometry alone (no MIG device UUIDs nor processes)
+    devices_read: bool = True
+
+    @property
+    def converged(self) -> bool:
+        return self.plan.converged
+
+    @property
+    def destroys(self) -> bool:
+        return any(isinstance(a, (DestroyCi, DestroyGi)) for a in self.plan.actions)
+
+
+def decide(
+    cfg: Config, observed: Tuple[GpuState, ...], *, force: bool, devices_read: bool = True
+) -> Decision:
+    """Pure: match the config's rules to ``observed`` and plan.
+
+    Raises:
+        InfeasibleError: naming the rule's file:line; BusyError (unless ``force``).
+    """
+    desired = configmod.resolve(cfg, observed)
+    plan = planner.plan(
+        desired, observed, force=force, allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW
+    )
+    return Decision(plan, dict(desired), observed, devices_read)
+
+
+def look(nv: Nvml, cfg: Config, *, force: bool) -> Decision:
+    """Observe and decide, once (rule 1)."""
+    decision = decide(cfg, nv.observe(devices=False), force=True, devices_read=False)
+    if decision.converged or force or not decision.destroys:
+        return decision
+    # Only the processes on instances the plan destroys can change the answer.
+    return decide(cfg, nv.observe(), force=force)
 
 
 @dataclass(frozen=True)
@@ -97,17 +152,6 @@ class Outcome:
         return text
 
 
-SYSTEMD_RUNTIME = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
-
-
-def manages_units(ctl: Optional[Systemctl]) -> bool:
-    """Client units can be managed when systemd runs (or a systemctl was named
-    explicitly). Without systemd no unit can be running, so there is none to stop."""
-    if ctl is None:
-        return False
-    return ctl.explicit or os.path.isdir(SYSTEMD_RUNTIME)
-
-
 def driver_of(nv: Optional[Nvml]) -> Optional[str]:
     """The driver version for the state file, or None when it cannot be read."""
     if nv is None:
@@ -153,73 +197,12 @@ def state_document(
 
 
 def left_stopped(state_path: str, log: Any) -> Tuple[str, ...]:
-    """The client units earlier runs stopped and could not start again (rule 3's note),
-    for reports: the note's trust checks apply, the clients list does not."""
-    return _read_pending(_pending_file(state_path), None, log)
+    """The client units earlier runs stopped and could not start again (the note
+    ``services.clients_stopped`` keeps beside the state file), for reports: the note's
+    trust checks apply, the clients list does not."""
+    from migrestore import services, statefile
 
-
-def make_plan(
-    cfg: Config, observed: Tuple[GpuState, ...], *, force: bool
-) -> Tuple[Plan, Dict[str, Any]]:
-    desired = configmod.resolve(cfg, observed)
-    try:
-        plan = planner.plan(
-            desired, observed, force=force, allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW
-        )
-    except InfeasibleError as exc:
-        if exc.where:
-            raise
-        # Name the rule that asked for the layout, so the operator knows what to edit.
-        where = cfg.path
-        for gpu in observed:
-            spec = desired.get(gpu.uuid)
-            if spec is not None and exc.gpu in (gpu.label(), str(gpu.index), gpu.uuid):
-                where = spec.source or cfg.path
-        raise InfeasibleError(exc.gpu, exc.reason, where) from None
-    return plan, dict(desired)
-
-
-def _pending_file(state_path: str) -> str:
-    """Where the units stopped and not yet started again are recorded (rule 3)."""
-    from migrestore import statefile
-
-    return statefile.note_path(state_path)
-
-
-def _read_pending(path: str, clients: Optional[Tuple[str, ...]], log: Any) -> Tuple[str, ...]:
-    from migrestore import statefile
-
-    units, problems = statefile.read_stopped_units(path, clients)
-    for problem in problems:
-        log.warning("stopped_units_untrusted", path=path, error=problem)
-    return units
-
-
-def _write_pending(path: str, units: Tuple[str, ...], log: Any) -> None:
-    """Record the note; a failure is logged, never raised: the restore goes on."""
-    from migrestore import statefile
-
-    problem = statefile.write_stopped_units(path, units)
-    if problem:
-        log.warning(
-            "stopped_units_not_recorded",
-            units=",".join(units),
-            error=problem,
-            outcome="restore goes on; a run killed before it starts them leaves them stopped",
-        )
-
-
-def _restart(
-    ctl: Optional[Systemctl], units: Tuple[str, ...], pending_path: str, log: Any
-) -> Tuple[str, ...]:
-    """Start ``units`` again (--no-block); forget those whose start was queued."""
-    if ctl is None:
-        return ()
-    from migrestore import services
-
-    failed = services.start_clients(ctl, units, log) if units else ()
-    _write_pending(pending_path, tuple(u for u in units if u in failed), log)
-    return failed
+    return services.read_note(statefile.note_path(state_path), None, log)
 
 
 def start_left_stopped(
@@ -227,15 +210,12 @@ def start_left_stopped(
 ) -> Tuple[str, ...]:
     """Start the units an earlier run stopped and did not start again (it was killed or
     interrupted): the watching daemon's every tick, with nothing to change on the GPUs
-    (rule 3). Returns the units whose start failed (they stay in the note)."""
-    if not manages_units(ctl):
-        return ()
-    path = _pending_file(state_path)
-    units = _read_pending(path, tuple(cfg.clients), log)
-    if not units:
-        return ()
-    log.warning("units_left_stopped", units=",".join(units), outcome="starting them")
-    return _restart(ctl, units, path, log)
+    (rule 4). Returns the units whose start failed (they stay in the note)."""
+    from migrestore import services
+
+    with services.clients_stopped(ctl, state_path, tuple(cfg.clients), log) as clients:
+        pass  # stops nothing; leaving the block starts what the note lists
+    return clients.start_failed
 
 
 def converge(
@@ -247,12 +227,13 @@ def converge(
     force: bool = False,
     status: Optional[Callable[[str], None]] = None,
     extend: Optional[Callable[[float], None]] = None,
-    observed: Optional[Tuple[GpuState, ...]] = None,
+    decision: Optional[Decision] = None,
     state_path: str = "",
 ) -> Outcome:
-    """Bring the GPUs to ``cfg``. ``ctl`` None: no client units are managed (tests, or
-    ``apply --no-clients``). Units an earlier run stopped and could not start again
-    (it was killed, say) are started by this one.
+    """Bring the GPUs to ``cfg``. ``decision``: one the caller made already under the
+    same lock (the watch's drift tick), used instead of observing again. ``ctl`` None: no
+    client units are managed (tests, or ``apply --no-clients``). Units an earlier run
+    stopped and could not start again (it was killed, say) are started by this one.
 
     Raises:
         InfeasibleError, BusyError: before anything is touched.
@@ -261,91 +242,86 @@ def converge(
     say = status or (lambda _text: None)
     more_time = extend or (lambda _seconds: None)
     started = time.monotonic()
-    pending_path = _pending_file(state_path) if manages_units(ctl) else ""
-    left_stopped = _read_pending(pending_path, tuple(cfg.clients), log)
-    if left_stopped:
-        log.warning("units_left_stopped", units=",".join(left_stopped), outcome="starting them")
-    if observed is None:
-        # Whether anything must change is a question about the geometry alone; the
-        # MIG device scan (UUIDs, processes) is read only when something must.
-        light = nv.observe(devices=False)
-        plan, desired = make_plan(cfg, light, force=True)
-        if plan.converged:
-            for label in plan.unmatched:
-                log.info("gpu_unmatched", gpu=label, outcome="left as it is")
-            failed = _restart(ctl, left_stopped, pending_path, log)
-            return Outcome(
+    # Only a pass that changes something needs the executor and hooks (rule 2: a
+    # converged start stays light); services reads the note of an earlier run.
+    from migrestore import services
+
+    with services.clients_stopped(ctl, state_path, tuple(cfg.clients), log) as clients:
+        if decision is None:
+            decision = look(nv, cfg, force=force)  # observe, decide
+        plan = decision.plan
+        for label in plan.unmatched:
+            log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+        if not plan.converged:
+            from migrestore import executor
+
+            for action in plan.actions:
+                log.debug("planned", gpu=action.gpu_index, action=action.describe())
+            if cfg.clients:
+                say("stopping GPU clients")
+                # systemd's start timeout must cover every bounded stop
+                more_time(cfg.unit_timeout * len(cfg.clients) + 30)
+                clients.stop(cfg.clients, cfg.unit_timeout)
+            say(f"applying {len(plan.actions)} changes")
+            resets = sum(1 for a in plan.actions if isinstance(a, Reset))
+            more_time(APPLY_BUDGET + RESET_BUDGET * resets)
+            result = executor.execute(  # change, then verify
+                nv,
                 plan,
-                light,
-                start_failed=failed,
-                unmatched=plan.unmatched,
-                notes=plan.notes,
-                devices_read=False,
+                decision.desired,
+                decision.observed,
+                log=log,
+                allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
             )
-        observed = nv.observe()
-    before = observed
-    try:
-        plan, desired = make_plan(cfg, before, force=force)
-    except MigrestoreError:
-        _restart(ctl, left_stopped, pending_path, log)
-        raise
-    for label in plan.unmatched:
-        log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+    # Leaving the block started the stopped units again (rule 4).
     if plan.converged:
-        failed = _restart(ctl, left_stopped, pending_path, log)
         return Outcome(
-            plan, before, start_failed=failed, unmatched=plan.unmatched, notes=plan.notes
-        )
-
-    # Only a pass that changes something needs these (a converged start stays light).
-    from migrestore import executor, hooks, services
-
-    for action in plan.actions:
-        log.debug("planned", gpu=action.gpu_index, action=action.describe())
-    stopped: Tuple[str, ...] = ()
-    start_failed: Tuple[str, ...] = ()
-    try:
-        if cfg.clients and manages_units(ctl):
-            assert ctl is not None
-            say("stopping GPU clients")
-            # systemd's start timeout must cover every bounded stop
-            more_time(cfg.unit_timeout * len(cfg.clients) + 30)
-            active = tuple(u for u in cfg.clients if ctl.is_active(u))
-            # written before the first stop: a run killed from here on leaves the note
-            _write_pending(pending_path, tuple(dict.fromkeys(left_stopped + active)), log)
-            # Until the stops return, every unit that was running counts as stopped: an
-            # interrupt (Ctrl-C) in a stop leaves the unit stopped, as systemd finishes a
-            # stop job whose systemctl was killed (issue 13 finding 1).
-            stopped = active
-            stopped = services.stop_clients(ctl, cfg.clients, cfg.unit_timeout, log)
-        elif cfg.clients and ctl is not None:
-            log.warning(
-                "clients_not_managed", outcome="systemd is not running: no client unit to stop"
-            )
-        say(f"applying {len(plan.actions)} changes")
-        resets = sum(1 for a in plan.actions if isinstance(a, Reset))
-        more_time(APPLY_BUDGET + RESET_BUDGET * resets)
-        result = executor.execute(
-            nv,
             plan,
-            desired,
-            before,
-            log=log,
-            allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
+            decision.observed,
+            start_failed=clients.start_failed,
+            unmatched=plan.unmatched,
+            notes=plan.notes,
+            devices_read=decision.devices_read,
         )
-    finally:
-        # On success, on every error and on an interrupt (Ctrl-C): exactly the units
-        # stopped, plus those an earlier run left stopped, are started again.
-        again = tuple(dict.fromkeys(stopped + left_stopped))
-        start_failed = _restart(ctl, again, pending_path, log)
     duration = time.monotonic() - started
+    failures, cdi_problems = _post_apply(
+        nv, cfg, plan, result.changes, state_path, log, say, more_time
+    )
+    return Outcome(
+        plan,
+        result.observed,
+        changes=result.changes,
+        stopped=clients.stopped,
+        start_failed=clients.start_failed,
+        duration=duration,
+        hook_failures=failures,
+        unmatched=plan.unmatched,
+        notes=plan.notes,
+        cdi_problems=cdi_problems,
+    )
+
+
+def _post_apply(
+    nv: Nvml,
+    cfg: Config,
+    plan: Plan,
+    changes: int,
+    state_path: str,
+    log: Any,
+    say: Callable[[str], None],
+    more_time: Callable[[float], None],
+) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """Hooks, then the device node and CDI refresh, after a verified change (rule 5):
+    the hook failures and the refresh problems."""
     failures: Tuple[str, ...] = ()
     if cfg.hooks:
+        from migrestore import hooks
+
         say("running post-apply hooks")
         more_time(sum(h.timeout for h in cfg.hooks) + 30)
         changed = tuple(sorted({a.gpu for a in plan.actions}))
         env = hooks.result_environment(
-            RunResult.APPLIED.value, f"{result.changes} NVML changes", state_path, cfg.path, changed
+            RunResult.APPLIED.value, f"{changes} NVML changes", state_path, cfg.path, changed
         )
         failures = tuple(hooks.run_hooks(cfg.hooks, log, env))
     cdi_problems: Tuple[str, ...] = ()
@@ -353,19 +329,8 @@ def converge(
         from migrestore import cdi
 
         say("refreshing MIG device nodes and the CDI spec")
-        more_time(cfg.cdi_timeout + 30)  # the whole refresh is bounded (cdi rule 4)
+        more_time(6 * cfg.cdi_timeout + 30)  # at most six bounded programs (cdi rule 4)
         # a backend that does not say it is the real driver never runs the node's tools
         tools = cdi.Tools.for_node(simulated=getattr(nv.backend, "simulated", True))
         cdi_problems = cdi.refresh(log, tools, cfg.cdi_timeout)
-    return Outcome(
-        plan,
-        result.observed,
-        changes=result.changes,
-        stopped=stopped,
-        start_failed=start_failed,
-        duration=duration,
-        hook_failures=failures,
-        unmatched=plan.unmatched,
-        notes=plan.notes,
-        cdi_problems=cdi_problems,
-    )
+    return failures, cdi_problems

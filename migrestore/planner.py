@@ -18,7 +18,8 @@ Rules:
    =False) when an earlier change is already pending. Disabling MIG destroys every
    instance first.
 5. All or nothing: an infeasible layout or a forbidden reset on any GPU raises
-   ``InfeasibleError`` and no plan is returned; an instance with running processes that
+   ``InfeasibleError`` (its ``where`` is the ``file:line`` of the GPU's rule,
+   ``GpuSpec.source``) and no plan is returned; an instance with running processes that
    would be destroyed raises ``BusyError`` unless ``force``. Infeasibility is reported
    before processes, so a config error is never masked by a busy GPU.
 """
@@ -84,11 +85,13 @@ def plan(
     gpus = sorted(observed, key=lambda g: (g.index, g.uuid))
     seen = {g.uuid for g in gpus}
     for uuid in sorted(desired):
-        if uuid not in seen and desired[uuid] is not None:
+        declared = desired[uuid]
+        if uuid not in seen and declared is not None:
             raise InfeasibleError(
                 uuid,
                 "is declared but the driver does not show it "
                 "(check `nvidia-smi -L` and the kernel log for the GPU)",
+                declared.source,
             )
 
     plans: List[GpuPlan] = []
@@ -101,7 +104,11 @@ def plan(
             unmatched.append(gpu.label())
             plans.append(GpuPlan(gpu.uuid, gpu.index, ()))
             continue
-        outcome = _plan_gpu(spec, gpu, force=force, allow_reset=allow_reset)
+        try:
+            outcome = _plan_gpu(spec, gpu, force=force, allow_reset=allow_reset)
+        except InfeasibleError as exc:
+            # The rule that asked for the layout, so the operator knows what to edit.
+            raise InfeasibleError(exc.gpu, exc.reason, exc.where or spec.source) from None
         if busy is None:
             busy = outcome.busy
         if outcome.note:
@@ -261,10 +268,9 @@ def _plan_disabled(b: _Builder, gpu: GpuState, allow_reset: bool) -> None:
 def _plan_enabled(b: _Builder, spec: GpuSpec, gpu: GpuState, allow_reset: bool) -> None:
     ident = gpu.identity
     if not ident.mig_capable:
-        where = f" (rule at {spec.source})" if spec.source else ""
         raise InfeasibleError(
             gpu.label(),
-            f"{ident.name} is not MIG-capable but its rule{where} sets mig: true; "
+            f"{ident.name} is not MIG-capable but its rule sets mig: true; "
             "match it with a rule that sets mig: false or exclude it",
         )
     ampere = ident.resets_for_mode

@@ -22,12 +22,18 @@ Rules:
    (``/usr/bin/systemctl``, or ``/bin/systemctl`` where only that exists), never found
    through PATH; ``$MIGRESTORE_SYSTEMCTL`` names another one explicitly (set by whoever
    starts migrestore, which is how tests put a stand-in in its place).
+6. ``clients_stopped`` is the one place a pass stops clients: a context manager that,
+   on every way out (success, error, Ctrl-C), starts exactly the units it stopped plus
+   those an earlier run left stopped. Before the first stop it writes a note beside the
+   state file naming them, so a run killed in between leaves the next run a list to
+   start; the note then keeps only the units whose start could not be queued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from migrestore.errors import ServiceError
 from migrestore.logs import BoundLogger
@@ -37,8 +43,12 @@ from migrestore.units import UNIT_SUFFIXES, check_unit_name
 __all__ = [
     "QUERY_TIMEOUT",
     "UNIT_SUFFIXES",
+    "Clients",
     "Systemctl",
     "check_unit_name",
+    "clients_stopped",
+    "manages_units",
+    "read_note",
     "start_clients",
     "stop_clients",
     "validate_unit",
@@ -196,3 +206,107 @@ def stop_clients(
             text += f"; could not start again: {', '.join(failed)} (start them by hand)"
         raise ServiceError(text) from None
     return tuple(stopped)
+
+
+# --------------------------------------------------------------------------- one pass
+
+SYSTEMD_RUNTIME = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
+
+
+def manages_units(ctl: Optional[Systemctl]) -> bool:
+    """Client units can be managed when systemd runs (or a systemctl was named
+    explicitly). Without systemd no unit can be running, so there is none to stop."""
+    if ctl is None:
+        return False
+    return ctl.explicit or os.path.isdir(SYSTEMD_RUNTIME)
+
+
+def read_note(path: str, clients: Optional[Sequence[str]], log: BoundLogger) -> Tuple[str, ...]:
+    """The units of the note at ``path`` that may be started again: the note's trust
+    checks (``statefile.read_stopped_units``) and, unless ``clients`` is None (reports),
+    only units of the config's client list. What was not trusted is logged."""
+    from migrestore import statefile
+
+    units, problems = statefile.read_stopped_units(path, clients)
+    for problem in problems:
+        log.warning("stopped_units_untrusted", path=path, error=problem)
+    return units
+
+
+def _write_note(path: str, units: Tuple[str, ...], log: BoundLogger) -> None:
+    """Record the note (none: remove it). A failure is logged, never raised: the restore
+    does not depend on bookkeeping."""
+    from migrestore import statefile
+
+    problem = statefile.write_stopped_units(path, units)
+    if problem:
+        log.warning(
+            "stopped_units_not_recorded",
+            units=",".join(units),
+            error=problem,
+            outcome="restore goes on; a run killed before it starts them leaves them stopped",
+        )
+
+
+class Clients:
+    """The client units of one pass: what it stopped, and what could not be started
+    again. Made by ``clients_stopped``."""
+
+    def __init__(
+        self, ctl: Optional[Systemctl], note: str, clients: Sequence[str], log: BoundLogger
+    ) -> None:
+        self.ctl = ctl
+        self.note = note
+        self.log = log
+        self.earlier = read_note(note, clients, log)  # units an earlier run left stopped
+        self.stopped: Tuple[str, ...] = ()
+        self.start_failed: Tuple[str, ...] = ()
+
+    def stop(self, units: Sequence[str], timeout: float) -> None:
+        """Stop the active ones of ``units`` (rule 2), the note written first."""
+        if not units or self.ctl is None:
+            return
+        if not manages_units(self.ctl):
+            self.log.warning(
+                "clients_not_managed", outcome="systemd is not running: no client unit to stop"
+            )
+            return
+        active = tuple(u for u in units if self.ctl.is_active(u))
+        # Written before the first stop, so a run killed from here on leaves the note
+        # (one that cannot be written is logged: the restore goes on).
+        _write_note(self.note, tuple(dict.fromkeys(self.earlier + active)), self.log)
+        # Until the stops return, every unit that was running counts as stopped: an
+        # interrupt (Ctrl-C) in a stop leaves the unit stopped, as systemd finishes a stop
+        # job whose systemctl was killed (issue 13 finding 1).
+        self.stopped = active
+        self.stopped = stop_clients(self.ctl, units, timeout, self.log)
+
+    def start_again(self) -> None:
+        again = tuple(dict.fromkeys(self.stopped + self.earlier))
+        if self.ctl is None:
+            return
+        failed = start_clients(self.ctl, again, self.log) if again else ()
+        self.start_failed = failed
+        _write_note(self.note, tuple(u for u in again if u in failed), self.log)
+
+
+@contextlib.contextmanager
+def clients_stopped(
+    ctl: Optional[Systemctl], state_path: str, clients: Sequence[str], log: BoundLogger
+) -> Iterator[Clients]:
+    """A pass's client units (rule 6): ``clients.stop(units, timeout)`` inside the block
+    stops the active ones; leaving the block, however, starts exactly those again, plus
+    the units an earlier run left stopped (of those, only ones in ``clients``, the
+    config's list). ``ctl`` None: no unit is managed."""
+    from migrestore import statefile
+
+    managed = manages_units(ctl)
+    pass_clients = Clients(ctl, statefile.note_path(state_path) if managed else "", clients, log)
+    if pass_clients.earlier:
+        log.warning(
+            "units_left_stopped", units=",".join(pass_clients.earlier), outcome="starting them"
+        )
+    try:
+        yield pass_clients
+    finally:
+        pass_clients.start_again()

@@ -256,7 +256,7 @@ class WatchDriver(Driver):
         # through the daemon's own session: a second session in this process would take
         # the simulator from beneath it
         assert self.daemon.nv is not None
-        plan, _ = engine.make_plan(self.cfg, self.daemon.nv.observe(), force=True)
+        plan = engine.decide(self.cfg, self.daemon.nv.observe(), force=True).plan
         return plan.converged
 
     def close(self) -> None:

@@ -131,7 +131,7 @@ class Rig:
     def converged(self, cfg: Config) -> bool:
         """Whether the GPUs are as ``cfg`` declares (a fresh NVML session, no lock)."""
         with Nvml(Simulated(self.state)) as nv:
-            plan, _ = engine.make_plan(cfg, nv.observe(), force=True)
+            plan = engine.decide(cfg, nv.observe(), force=True).plan
         return plan.converged
 
     # ------------------------------------------------------------------ clients, workers

@@ -297,7 +297,7 @@ def test_a_watch_loop_under_random_drift_keeps_converging_with_flat_memory(
 
 def converged(rig: Rig, cfg: Config) -> bool:
     with Nvml(Simulated(rig.state)) as nv:
-        plan, _ = engine.make_plan(cfg, nv.observe(devices=False), force=True)
+        plan = engine.decide(cfg, nv.observe(devices=False), force=True).plan
     return plan.converged
 
 
