@@ -390,8 +390,9 @@ def test_gpu_not_mig_capable() -> None:
             {gpu.uuid: GpuSpec(True, (InstanceSpec("1g.10gb"),), source="/etc/migrestore.yaml:12")},
             [gpu],
         )
+    assert info.value.where == "/etc/migrestore.yaml:12"
     assert info.value.reason == (
-        "NVIDIA H100 80GB HBM3 is not MIG-capable but its rule (rule at /etc/migrestore.yaml:12) "
+        "NVIDIA H100 80GB HBM3 is not MIG-capable but its rule "
         "sets mig: true; match it with a rule that sets mig: false or exclude it"
     )
     p = plan({gpu.uuid: GpuSpec(False)}, [gpu])
