@@ -387,6 +387,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     ctl=ctl,
                     force=args.force,
                     state_path=backend.state_path(_simulate(args)),
+                    devices=True,  # one observation: the state file lists the MIG devices
                 )
             except MigrestoreError as exc:
                 try:

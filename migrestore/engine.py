@@ -11,7 +11,8 @@ Rules:
 1. Observe and decide once. ``look`` reads the geometry alone (no MIG device UUIDs nor
    processes) and decides from it; the device scan is read, and the decision made
    again, only when the plan would destroy an instance and processes matter (not
-   ``force``). ``decide`` is pure: it matches rules to GPUs and plans.
+   ``force``). A caller that records the device scan anyway (``apply``) reads it in
+   the one observation. ``decide`` is pure: it matches rules to GPUs and plans.
 2. Nothing is touched when the plan is empty: no unit is stopped, no NVML change made.
 3. An invalid or infeasible layout is rejected by the planner before any unit is
    stopped; its error names the rule's ``file:line`` (the planner attaches it).
@@ -92,8 +93,12 @@ def decide(
     return Decision(plan, dict(desired), observed, devices_read)
 
 
-def look(nv: Nvml, cfg: Config, *, force: bool) -> Decision:
-    """Observe and decide, once (rule 1)."""
+def look(nv: Nvml, cfg: Config, *, force: bool, devices: bool = False) -> Decision:
+    """Observe and decide, once (rule 1). ``devices``: read the MIG device scan up
+    front, for a caller that records it whatever the answer (``apply`` writes it to the
+    state file before it exits), rather than reading the GPUs twice."""
+    if devices:
+        return decide(cfg, nv.observe(), force=force)
     decision = decide(cfg, nv.observe(devices=False), force=True, devices_read=False)
     if decision.converged or force or not decision.destroys:
         return decision
@@ -229,9 +234,11 @@ def converge(
     extend: Optional[Callable[[float], None]] = None,
     decision: Optional[Decision] = None,
     state_path: str = "",
+    devices: bool = False,
 ) -> Outcome:
     """Bring the GPUs to ``cfg``. ``decision``: one the caller made already under the
-    same lock (the watch's drift tick), used instead of observing again. ``ctl`` None: no
+    same lock (the watch's drift tick), used instead of observing again; ``devices``: as
+    for ``look``. ``ctl`` None: no
     client units are managed (tests, or ``apply --no-clients``). Units an earlier run
     stopped and could not start again (it was killed, say) are started by this one.
 
@@ -248,7 +255,7 @@ def converge(
 
     with services.clients_stopped(ctl, state_path, tuple(cfg.clients), log) as clients:
         if decision is None:
-            decision = look(nv, cfg, force=force)  # observe, decide
+            decision = look(nv, cfg, force=force, devices=devices)  # observe, decide
         plan = decision.plan
         for label in plan.unmatched:
             log.info("gpu_unmatched", gpu=label, outcome="left as it is")
