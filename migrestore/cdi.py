@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -245,18 +244,6 @@ class _Missing(Exception):
     """The program is not installed (its fixed path does not exist)."""
 
 
-def _outcome(result: Completed, timeout: float) -> str:
-    if result.returncode is None:
-        return f"timed out after {timeout:g} s and was killed"
-    if result.returncode < 0:
-        try:
-            name = signal.Signals(-result.returncode).name
-        except ValueError:
-            name = f"signal {-result.returncode}"
-        return f"was killed by {name}"
-    return f"exited with status {result.returncode}"
-
-
 def _last_line(result: Completed) -> str:
     lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
     return f": {lines[-1].strip()[:LINE_MAX]}" if lines else ""
@@ -313,7 +300,7 @@ class _Run:
             return True
         self.warn(
             step,
-            f"{describe_argv(result.argv)} {_outcome(result, self.timeout)}{_last_line(result)}",
+            f"{describe_argv(result.argv)} {result.outcome(self.timeout)}{_last_line(result)}",
         )
         return False
 

@@ -28,7 +28,6 @@ Hook environment (``result_environment`` builds it):
 from __future__ import annotations
 
 import os
-import signal
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from migrestore.logs import BoundLogger
@@ -94,20 +93,6 @@ def _hook_name(hook: Hook) -> str:
     return f"{text} (line {hook.line})" if hook.line is not None else text
 
 
-def _outcome(result: Completed, timeout: float) -> str:
-    if result.returncode is None:
-        return f"timed out after {timeout:g} s and was killed"
-    if result.returncode < 0:
-        try:
-            name = signal.Signals(-result.returncode).name
-        except ValueError:
-            name = f"signal {-result.returncode}"
-        return f"killed by {name}"
-    if result.returncode > 0:
-        return f"exited with status {result.returncode}"
-    return "ok"
-
-
 def _log_output(log: BoundLogger, name: str, stream: str, text: str, dropped: int) -> None:
     lines = text.splitlines()
     for line in lines[:LINES_MAX]:
@@ -159,7 +144,7 @@ def run_hooks(
         # A process killed on timeout may still have written something useful.
         _log_output(log, name, "stdout", result.stdout, result.dropped)
         _log_output(log, name, "stderr", result.stderr, 0)
-        outcome = _outcome(result, hook.timeout)
+        outcome = result.outcome(hook.timeout)
         if result.ok:
             log.info("hook_finished", hook=name, outcome=outcome)
             continue

@@ -67,6 +67,21 @@ class Completed:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    def outcome(self, timeout: float) -> str:
+        """How the run ended, in words: ``ok``, ``exited with status N``, ``killed by
+        SIGNAME``, or ``timed out after T s and was killed``."""
+        if self.returncode is None:
+            return f"timed out after {timeout:g} s and was killed"
+        if self.returncode < 0:
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = f"signal {-self.returncode}"
+            return f"killed by {name}"
+        if self.returncode > 0:
+            return f"exited with status {self.returncode}"
+        return "ok"
+
 
 class Untrusted(Exception):
     """A program another user could change (rule 5); ``str()`` is one line with the fix."""
@@ -125,42 +140,13 @@ def _resolve_checked(program: str) -> Tuple[str, os.stat_result]:
     raise Untrusted(f"{program}: names a directory, not a program")
 
 
-def open_trusted(program: str) -> int:
-    """A close-on-exec descriptor of ``program`` after the checks of rule 5.
+def _open_checked(path: str, mode: str) -> Tuple[int, os.stat_result]:
+    """A close-on-exec descriptor of the regular file ``path`` after the checks of rules
+    5 and 6 (``mode``: the mode the fix names), with its stat.
 
     Raises:
-        Untrusted: another user could change it, or it is not an executable file.
+        Untrusted: another user could change it, or it is not a regular file.
         OSError: it does not exist or cannot be opened.
-    """
-    resolved, seen = _resolve_checked(program)
-    fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
-            raise Untrusted(f"{program}: changed while it was checked")
-        if not stat.S_ISREG(st.st_mode):
-            raise Untrusted(f"{program}: not a regular file")
-        if not _owner_only(st):
-            raise Untrusted(
-                f"{program}: owned by uid {st.st_uid} or writable by others (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}) (chown root:root {program} && chmod 0755 "
-                f"{program})"
-            )
-        if not st.st_mode & 0o111:
-            raise Untrusted(f"{program}: not executable (chmod 0755 {program})")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_trusted(path: str, limit: int = OUTPUT_LIMIT) -> str:
-    """The text of ``path`` after the checks of rule 6 (UTF-8, undecodable bytes replaced).
-
-    Raises:
-        Untrusted: another user could change it, it is not a regular file, or it is
-            larger than ``limit`` bytes.
-        OSError: it does not exist or cannot be read.
     """
     resolved, seen = _resolve_checked(path)
     fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -173,8 +159,39 @@ def read_trusted(path: str, limit: int = OUTPUT_LIMIT) -> str:
         if not _owner_only(st):
             raise Untrusted(
                 f"{path}: owned by uid {st.st_uid} or writable by others (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}) (chown root:root {path} && chmod 0644 {path})"
+                f"{stat.S_IMODE(st.st_mode):04o}) (chown root:root {path} && chmod {mode} "
+                f"{path})"
             )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def open_trusted(program: str) -> int:
+    """A close-on-exec descriptor of ``program`` after the checks of rule 5.
+
+    Raises:
+        Untrusted: another user could change it, or it is not an executable file.
+        OSError: it does not exist or cannot be opened.
+    """
+    fd, st = _open_checked(program, "0755")
+    if not st.st_mode & 0o111:
+        os.close(fd)
+        raise Untrusted(f"{program}: not executable (chmod 0755 {program})")
+    return fd
+
+
+def read_trusted(path: str, limit: int = OUTPUT_LIMIT) -> str:
+    """The text of ``path`` after the checks of rule 6 (UTF-8, undecodable bytes replaced).
+
+    Raises:
+        Untrusted: another user could change it, it is not a regular file, or it is
+            larger than ``limit`` bytes.
+        OSError: it does not exist or cannot be read.
+    """
+    fd, _st = _open_checked(path, "0644")
+    try:
         data = b""
         while len(data) <= limit:
             chunk = os.read(fd, limit + 1 - len(data))
