@@ -641,6 +641,8 @@ def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a live process (zombies count as dead)."""
     if pid <= 0:
         return False
+    if pid == os.getpid():
+        return True  # the caller itself (its own NVML session): no need to ask /proc
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -140,15 +140,24 @@ Housekeeping = Callable[[Txn, bool], None]  # (txn, persistent)
 # --------------------------------------------------------------------------- boot id
 
 
+_REAL_BOOT_ID: List[str] = []  # the kernel's, read once: no process outlives its boot
+
+
 def current_boot_id() -> str:
-    """This boot's id (``MIGRESTORE_SIM_BOOT_ID_FILE`` overrides the /proc file), or
-    "" when it cannot be read (then reboots are not detected)."""
-    path = os.environ.get(BOOT_ID_ENV) or BOOT_ID_FILE
+    """This boot's id (``MIGRESTORE_SIM_BOOT_ID_FILE`` overrides the /proc file, and is
+    read at every call: a test's simulated reboot may come at any time), or "" when it
+    cannot be read (then reboots are not detected)."""
+    override = os.environ.get(BOOT_ID_ENV)
+    if not override and _REAL_BOOT_ID:
+        return _REAL_BOOT_ID[0]
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read().strip()
+        with open(override or BOOT_ID_FILE, encoding="ascii", errors="replace") as handle:
+            boot = handle.read().strip()
     except OSError:
         return ""
+    if not override:
+        _REAL_BOOT_ID.append(boot)
+    return boot
 
 
 # --------------------------------------------------------------------------- JSON
