@@ -13,8 +13,8 @@ Rules:
    ``nvidia-smi --gpu-reset -i <bus id>`` from a fixed path (never ``$PATH``), bounded
    by ``proc.run_bounded``; on the simulator it is the simulator's model of that tool,
    which refuses while this process still has NVML open, as the driver does.
-3. CI profiles of a GI profile without a live GI come from the bundled model table of
-   the GPU whose NVML name matches (``nvml`` rule 6), on hardware and simulator alike.
+3. No bundled table is consulted: on a machine with GPUs, hardware or simulated, the
+   GPU is the authority for every profile (``nvml`` rule 6).
 4. Paths: the environment (``MIGRESTORE_LOCK``, ``MIGRESTORE_STATE``) wins; on real
    GPUs the node-wide defaults (``/run/migrestore.lock``,
    ``/run/migrestore/state.json``); with simulated GPUs kept in a state file, beside
@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from migrestore import lock, statefile
 from migrestore.errors import NvmlError
-from migrestore.model import CiProfile
 from migrestore.nvml import error_name
 from migrestore.proc import describe_argv, run_bounded
 
@@ -105,15 +104,6 @@ def run_reset_tool(
     )
 
 
-def _table_ci_profiles(gpu_name: str) -> Dict[int, Tuple[CiProfile, ...]]:
-    from migrestore import tables
-
-    for table in tables.load_models().values():
-        if table.nvml_name == gpu_name:
-            return {p.id: p.ci_profiles for p in table.profiles}
-    return {}
-
-
 class Hardware:
     """The real driver: nothing is attached; resets run ``nvidia-smi`` (rule 2)."""
 
@@ -131,9 +121,6 @@ class Hardware:
 
     def reset(self, pci_bus_id: str, what: str) -> None:
         run_reset_tool(pci_bus_id, what, self.reset_timeout, self.reset_tool)
-
-    def ci_profiles(self, gpu_name: str) -> Dict[int, Tuple[CiProfile, ...]]:
-        return _table_ci_profiles(gpu_name)
 
 
 class Simulated:
@@ -175,9 +162,6 @@ class Simulated:
             self.simulator.reset_tool(pci_bus_id)
         except NvmlError as err:
             raise NvmlError(err.nvml_error, f"{what}: {err.what}", err.code) from None
-
-    def ci_profiles(self, gpu_name: str) -> Dict[int, Tuple[CiProfile, ...]]:
-        return _table_ci_profiles(gpu_name)
 
 
 Backend = Union[Hardware, Simulated]

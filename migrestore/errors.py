@@ -71,12 +71,13 @@ class InfeasibleError(MigrestoreError):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, gpu: str, reason: str, where: str = "") -> None:
+    def __init__(self, gpu: str, reason: str, where: str = "", left: str = "") -> None:
         self.gpu = gpu
         self.reason = reason
         self.where = where  # "file:line" of the rule that asked for it, when known
+        self.left = left  # what stays on the GPU when it was already changed
         prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}GPU {gpu}: {reason}; nothing was changed")
+        super().__init__(f"{prefix}GPU {gpu}: {reason}; {left or 'nothing was changed'}")
 
 
 class DriverUnavailable(MigrestoreError):

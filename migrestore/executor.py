@@ -13,6 +13,12 @@ Rules:
    and the mode is read back after the change (and after a reset).
 5. Success means the observed geometry equals the desired one: after the actions the
    GPUs are observed again and re-planned; anything left to do is a failure.
+6. Deferred work (``Plan.deferred``: GI profiles a driver lists only once MIG is on, CI
+   profiles read from the GIs just made) is planned after the plan ran, from a fresh
+   observation, GPU by GPU, for at most ``ROUNDS`` rounds. A GPU whose layout turns out
+   infeasible then (a CI layout its GI does not offer) fails alone with the planner's
+   error (exit 78) and keeps what was made; the other GPUs still converge, and the error
+   is raised after they did.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrestore import planner
-from migrestore.errors import ActionFailed, MigrestoreError, NvmlError, VerifyError
+from migrestore.errors import (
+    ActionFailed,
+    InfeasibleError,
+    MigrestoreError,
+    NvmlError,
+    VerifyError,
+)
 from migrestore.model import (
     Action,
     CreateCi,
@@ -38,6 +50,9 @@ from migrestore.model import (
     assert_never,
 )
 from migrestore.nvml import Nvml
+
+# Plan, run, observe rounds: mode first (drivers before R550), then the GIs, then their CIs.
+ROUNDS = 4
 
 NVML_SUCCESS = "NVML_SUCCESS"
 NVML_IN_USE = "NVML_ERROR_IN_USE"
@@ -255,6 +270,52 @@ def execute(
             other GPUs ran to their end).
         VerifyError: every action succeeded but the GPUs do not show the desired geometry.
     """
+    changes = 0
+    changed: List[int] = []
+    infeasible: List[InfeasibleError] = []
+    for round_no in range(ROUNDS):
+        outcomes = _run_round(nv, plan, observed, log, parallel)
+        changes += sum(o.changes for o in outcomes)
+        changed.extend(o.gpu_index for o in outcomes if o.gpu_index not in changed)
+        failed = [o for o in outcomes if o.error is not None]
+        if failed:
+            first = failed[0].error
+            assert first is not None
+            if len(failed) > 1:
+                others = ", ".join(str(o.gpu_index) for o in failed[1:])
+                log.error("other_gpus_failed", gpus=others)
+            raise first
+        if not plan.deferred or round_no == ROUNDS - 1:
+            break
+        observed = nv.observe()
+        plan, failures = _replan(plan.deferred, desired, observed, allow_reset)
+        for failure in failures:
+            log.error("infeasible", gpu=failure.gpu, error=str(failure))
+        infeasible.extend(failures)
+    after = nv.observe()
+    failed_gpus = {f.gpu for f in infeasible}
+    check_desired = {
+        uuid: spec
+        for uuid, spec in desired.items()
+        if not any(uuid == g.uuid and g.label() in failed_gpus for g in after)
+    }
+    check = planner.plan(check_desired, after, force=True, allow_reset=allow_reset)
+    if not check.converged or check.deferred:
+        left = check.actions
+        if not left:
+            raise VerifyError(f"after applying, work is still deferred: {check.notes[-1]}")
+        raise VerifyError(
+            f"after applying, GPU {left[0].gpu_index} is not as declared: "
+            f"{len(left)} action(s) still needed, first: {left[0].describe()}"
+        )
+    if infeasible:
+        raise infeasible[0]
+    return ExecResult(changes, tuple(sorted(changed)), tuple(after))
+
+
+def _run_round(
+    nv: Nvml, plan: Plan, observed: Sequence[GpuState], log: Any, parallel: bool
+) -> List[GpuOutcome]:
     by_uuid = {g.uuid: g for g in observed}
     work = [g for g in plan.gpus if g.actions]
     runs = [_GpuRun(nv, g, by_uuid[g.gpu]) for g in work]
@@ -266,21 +327,36 @@ def execute(
     outcomes.sort(key=lambda o: o.gpu_index)
     for outcome in outcomes:
         _emit(log, outcome.records)
-    changes = sum(o.changes for o in outcomes)
-    failed = [o for o in outcomes if o.error is not None]
-    if failed:
-        first = failed[0].error
-        assert first is not None
-        if len(failed) > 1:
-            others = ", ".join(str(o.gpu_index) for o in failed[1:])
-            log.error("other_gpus_failed", gpus=others)
-        raise first
-    after = nv.observe()
-    check = planner.plan(desired, after, force=True, allow_reset=allow_reset)
-    if not check.converged:
-        left = check.actions
-        raise VerifyError(
-            f"after applying, GPU {left[0].gpu_index} is not as declared: "
-            f"{len(left)} action(s) still needed, first: {left[0].describe()}"
-        )
-    return ExecResult(changes, tuple(o.gpu_index for o in outcomes), tuple(after))
+    return outcomes
+
+
+def _replan(
+    uuids: Sequence[str],
+    desired: Mapping[str, Optional[GpuSpec]],
+    observed: Sequence[GpuState],
+    allow_reset: bool,
+) -> Tuple[Plan, List[InfeasibleError]]:
+    """The next round for the deferred GPUs, planned one GPU at a time (rule 6)."""
+    gpu_plans: List[GpuPlan] = []
+    deferred: List[str] = []
+    notes: List[str] = []
+    failures: List[InfeasibleError] = []
+    by_uuid = {g.uuid: g for g in observed}
+    for uuid in uuids:
+        gpu = by_uuid.get(uuid)
+        if gpu is None:
+            continue
+        try:
+            one = planner.plan(
+                {uuid: desired.get(uuid)}, [gpu], force=True, allow_reset=allow_reset
+            )
+        except InfeasibleError as err:
+            spec = desired.get(uuid)
+            where = err.where or (spec.source if spec is not None else "")
+            left = "the GPU instances made so far are kept; the other GPUs were still applied"
+            failures.append(InfeasibleError(err.gpu, err.reason, where, left))
+            continue
+        gpu_plans.extend(one.gpus)
+        deferred.extend(one.deferred)
+        notes.extend(one.notes)
+    return Plan(tuple(gpu_plans), (), tuple(notes), tuple(deferred)), failures

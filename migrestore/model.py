@@ -82,6 +82,9 @@ class GiProfile:
     encoders: int = 0
     jpeg: int = 0
     ofa: int = 0
+    # False: the CI profiles were not read yet (no GI of this profile exists; the CI
+    # profiles of a GI can only be read from a GI), so ``ci_profiles`` is empty.
+    cis_read: bool = True
 
     def ci_profile(self, name: str) -> Optional[CiProfile]:
         for ci in self.ci_profiles:
@@ -487,6 +490,10 @@ class Plan:
     gpus: Tuple[GpuPlan, ...]
     unmatched: Tuple[str, ...] = ()  # labels of GPUs no rule matched (left untouched)
     notes: Tuple[str, ...] = field(default=())  # no-op reasons, one line each
+    # uuids of GPUs with work that can only be planned after this plan ran: the GI
+    # profiles (read once MIG is on, on drivers before R550) or the CI profiles of GIs
+    # about to be made (read from the GIs)
+    deferred: Tuple[str, ...] = ()
 
     @property
     def actions(self) -> Tuple[Action, ...]:

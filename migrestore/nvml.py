@@ -26,10 +26,12 @@ Rules:
    GPU and MIG mode the GI profile table with its placements and the CI profiles of
    each GI profile. Mode, instances, MIG device UUIDs and processes are read on every
    observe.
-6. CI profiles are a property of a GI, so they are read from an existing GI of the
-   profile. While no GI of a profile exists, its CI list is the one the backend gives
-   for the GPU's NVML name (the bundled model table, ``backend`` rule 3), and empty for
-   a GPU no table knows.
+6. The GPU is the authority: profile names, IDs, sizes and placements come from NVML,
+   never from a bundled table. CI profiles are a property of a GI, so they are read
+   from an existing GI of the profile; while no GI of a profile exists its CI list is
+   empty and marked unread (``GiProfile.cis_read``), and the planner creates the GI
+   first and plans its CIs once they are read. A driver that lists GI profiles only with
+   MIG mode on (before R550) gives an empty table while MIG is off.
 7. A GPU reset has one code path: NVML is shut down (an open NVML client counts as a
    user of the GPU and makes the reset fail), the backend's reset tool runs on the
    GPU's PCI bus id (``nvidia-smi --gpu-reset`` on hardware, the simulator's model of
@@ -184,7 +186,7 @@ VANISHED = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_N
 
 class Backend(Protocol):
     """What the edge (``migrestore.backend``) hands a session: what lies beneath pynvml
-    (rule 8), the reset tool (rule 7) and the CI-profile fallback (rule 6)."""
+    (rule 8) and the reset tool (rule 7)."""
 
     def attach(self, pynvml_module: Any) -> None:
         """Install the library beneath ``pynvml_module`` (nothing for the real driver)."""
@@ -194,9 +196,6 @@ class Backend(Protocol):
 
     def reset(self, pci_bus_id: str, what: str) -> None:
         """Reset the GPU at ``pci_bus_id`` while NVML is shut down; raises NvmlError."""
-
-    def ci_profiles(self, gpu_name: str) -> Dict[int, Tuple[CiProfile, ...]]:
-        """CI profiles per GI profile ID for a GPU of this NVML name (empty: unknown)."""
 
 
 class _Gate:
@@ -255,7 +254,6 @@ class _Gpu:
     # CI profiles per GI profile ID, read from an existing GI of that profile
     ci_read: Dict[int, Tuple[CiProfile, ...]] = field(default_factory=dict)
     # CI profiles per GI profile ID from the bundled model table (None: not looked up)
-    ci_tables: Optional[Dict[int, Tuple[CiProfile, ...]]] = None
 
     @property
     def label(self) -> str:
@@ -838,14 +836,10 @@ class Nvml:
         for profile in gpu.gi_profiles:
             cis = gpu.ci_read.get(profile.id)
             if cis is None:
-                cis = self._table_cis(gpu).get(profile.id, ())
-            out.append(replace(profile, ci_profiles=cis))
+                out.append(replace(profile, ci_profiles=(), cis_read=False))
+            else:
+                out.append(replace(profile, ci_profiles=cis, cis_read=True))
         return tuple(out)
-
-    def _table_cis(self, gpu: _Gpu) -> Dict[int, Tuple[CiProfile, ...]]:
-        if gpu.ci_tables is None:
-            gpu.ci_tables = dict(self.backend.ci_profiles(gpu.name))
-        return gpu.ci_tables
 
     def _ci_profiles_of(self, gpu: _Gpu, gi_profile_id: int, gi: Any) -> Tuple[CiProfile, ...]:
         """The CI profiles of a GI profile, read from ``gi`` (a GI of that profile) once

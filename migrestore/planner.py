@@ -17,7 +17,13 @@ Rules:
    SET_MODE so the executor resets only if the change stayed pending, or RESET(if_pending
    =False) when an earlier change is already pending. Disabling MIG destroys every
    instance first.
-5. All or nothing: an infeasible layout or a forbidden reset on any GPU raises
+5. What cannot be planned yet is deferred, never guessed: a GPU whose driver lists GI
+   profiles only with MIG mode on (an empty table while MIG is off, drivers before
+   R550) gets its mode actions and nothing more; a GI whose profile's CI profiles are
+   unread (no GI of it exists: CI profiles can only be read from a GI) is created
+   without CIs. Such GPUs are in ``Plan.deferred`` with a note; the executor runs the
+   plan, observes again and plans them once more.
+6. All or nothing: an infeasible layout or a forbidden reset on any GPU raises
    ``InfeasibleError`` (its ``where`` is the ``file:line`` of the GPU's rule,
    ``GpuSpec.source``) and no plan is returned; an instance with running processes that
    would be destroyed raises ``BusyError`` unless ``force``. Infeasibility is reported
@@ -60,6 +66,7 @@ class _GpuOutcome:
     actions: Tuple[Action, ...]
     note: str  # why nothing is done, when nothing is done
     busy: Optional[BusyError]  # the first instance with processes the plan would destroy
+    deferred: Tuple[str, ...] = ()  # what is planned after this plan ran, and why
 
 
 def plan(
@@ -97,6 +104,7 @@ def plan(
     plans: List[GpuPlan] = []
     unmatched: List[str] = []
     notes: List[str] = []
+    deferred: List[str] = []
     busy: Optional[BusyError] = None
     for gpu in gpus:
         spec = desired.get(gpu.uuid)
@@ -113,10 +121,13 @@ def plan(
             busy = outcome.busy
         if outcome.note:
             notes.append(outcome.note)
+        if outcome.deferred:
+            deferred.append(gpu.uuid)
+            notes.extend(outcome.deferred)
         plans.append(GpuPlan(gpu.uuid, gpu.index, outcome.actions, spec))
     if busy is not None:
         raise busy
-    return Plan(tuple(plans), tuple(unmatched), tuple(notes))
+    return Plan(tuple(plans), tuple(unmatched), tuple(notes), tuple(deferred))
 
 
 def gpu_converged(spec: GpuSpec, gpu: GpuState) -> bool:
@@ -127,7 +138,7 @@ def gpu_converged(spec: GpuSpec, gpu: GpuState) -> bool:
         outcome = _plan_gpu(spec, gpu, force=True, allow_reset=True)
     except InfeasibleError:
         return False
-    return not outcome.actions
+    return not outcome.actions and not outcome.deferred
 
 
 # --------------------------------------------------------------------------- one GPU
@@ -146,6 +157,10 @@ class _Builder:
         self.create_gis: List[Tuple[int, CreateGi]] = []
         self.create_cis: List[Tuple[Tuple[int, int], CreateCi]] = []
         self.busy: Optional[BusyError] = None
+        self.deferred: List[str] = []
+
+    def defer(self, why: str) -> None:
+        self.deferred.append(f"GPU {self.gpu.index}: {why}")
 
     def set_mode(self, enabled: bool) -> None:
         self.mode.append(SetMode(self.gpu.uuid, self.gpu.index, enabled))
@@ -223,13 +238,13 @@ def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -
         _plan_disabled(b, gpu, allow_reset)
     actions = b.actions()
     note = ""
-    if not actions:
+    if not actions and not b.deferred:
         if spec.mig:
             n = len(gpu.instances)
             note = f"GPU {gpu.index}: converged ({n} instance{'' if n == 1 else 's'})"
         else:
             note = f"GPU {gpu.index}: converged (MIG off)"
-    return _GpuOutcome(actions, note, b.busy)
+    return _GpuOutcome(actions, note, b.busy, tuple(b.deferred))
 
 
 def _forbidden_reset(gpu: GpuState, what: str, fix: str) -> InfeasibleError:
@@ -296,6 +311,13 @@ def _plan_enabled(b: _Builder, spec: GpuSpec, gpu: GpuState, allow_reset: bool) 
             b.reset(True)
 
     label = gpu.label()
+    if spec.instances and not gpu.profiles and not gpu.mig_current:
+        # The driver lists GI profiles only with MIG mode on (before R550).
+        b.defer(
+            "the driver lists MIG profiles only with MIG mode on; "
+            "its GPU instances are planned once MIG is on"
+        )
+        return
     profiles = {p.name: p for p in gpu.profiles}
     assignments = solve_gis(label, gpu.profiles, current, spec.instances)
     kept_ids = {id(kept) for _, _, kept in assignments if kept is not None}
@@ -304,6 +326,16 @@ def _plan_enabled(b: _Builder, spec: GpuSpec, gpu: GpuState, allow_reset: bool) 
             b.destroy_gi(gi)
     for wanted, placement, kept in assignments:
         profile = profiles[wanted.profile]  # solve_gis placed only profiles of this GPU
+        if not profile.cis_read:
+            # No GI of this profile exists, so its CI profiles are unread (a kept GI has
+            # them read): make the GI, plan its CIs from what it offers.
+            if kept is None:
+                b.create_gi(profile, placement)
+            b.defer(
+                f"the compute instances of the {profile.name} GI at {placement} are planned "
+                "once the GI exists (CI profiles are read from the GI)"
+            )
+            continue
         names = _ci_names(label, profile, wanted)
         if kept is None:
             b.create_gi(profile, placement)

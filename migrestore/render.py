@@ -223,6 +223,9 @@ def profiles_json(observed: Sequence[GpuState]) -> Dict[str, Any]:
                         "ofa": p.ofa,
                         "placements": [_pair(pl) for pl in p.placements],
                         "compute": [_ci_json(ci) for ci in p.ci_profiles],
+                        # False: no GI of this profile exists, so its CI profiles could
+                        # not be read from the GPU yet ("compute" is empty)
+                        "compute_read": p.cis_read,
                     }
                     for p in gpu.profiles
                 ],
@@ -261,7 +264,13 @@ def profiles_text(observed: Sequence[GpuState]) -> str:
             blocks.append("\n".join(lines))
             continue
         if not gpu.profiles:
-            lines.append("  no GPU instance profiles reported")
+            if not gpu.mig_current:
+                lines.append(
+                    "  no GPU instance profiles reported (drivers before R550 list them "
+                    "only with MIG mode on)"
+                )
+            else:
+                lines.append("  no GPU instance profiles reported")
             blocks.append("\n".join(lines))
             continue
         ordered = _display_order(gpu.profiles)
@@ -284,6 +293,7 @@ def profiles_text(observed: Sequence[GpuState]) -> str:
         ]
         lines.extend(_table(_GI_HEADER, gi_rows))
         ci_rows: List[Tuple[str, ...]] = []
+        unread = [p.name for p in ordered if not p.cis_read]
         for p in ordered:
             for i, ci in enumerate(p.ci_profiles):
                 ci_rows.append(
@@ -298,7 +308,14 @@ def profiles_text(observed: Sequence[GpuState]) -> str:
                 )
         if ci_rows:
             lines.append("")
+            lines.append("  CI profiles read from the GPU's GIs:")
             lines.extend(_table(_CI_HEADER, ci_rows))
+        if unread:
+            lines.append("")
+            lines.append(
+                "  CI profiles not readable yet (no GI of the profile exists; they are read "
+                "from a GI): " + ", ".join(unread)
+            )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -345,6 +362,9 @@ def plan_json(plan: Plan) -> Dict[str, Any]:
         "actions": [action_json(a) for a in plan.actions],
         "unmatched": list(plan.unmatched),
         "notes": list(plan.notes),
+        # GPUs with work planned only after these actions ran (profiles a driver lists
+        # once MIG is on; CI profiles read from the GIs about to be made)
+        "deferred": list(plan.deferred),
     }
 
 
@@ -353,10 +373,14 @@ def plan_text(plan: Plan) -> str:
     lines = [f"{_sign(a)} {a.describe()}" for a in plan.actions]
     lines.extend(f"  {note}" for note in plan.notes)
     lines.extend(f"  GPU {label}: no rule matches, left as it is" for label in plan.unmatched)
-    if plan.converged:
+    if plan.converged and not plan.deferred:
         lines.append("nothing to do: the GPUs match the config")
     else:
         lines.append(f"{len(plan.actions)} change(s) planned")
+        if plan.deferred:
+            lines.append(
+                "more is planned once they ran, from what the GPU then reports (see the notes)"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ runs unchanged on the simulated C library beneath it."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Tuple
 
 import pynvml
@@ -40,6 +41,11 @@ def _geometry(gpu: GpuState) -> Tuple[Tuple[object, ...], ...]:
 # --------------------------------------------------------------------------- observe
 
 
+def _unread(profiles: Tuple[GiProfile, ...]) -> Tuple[GiProfile, ...]:
+    """The GI profiles as read before any GI exists: CI profiles not read yet."""
+    return tuple(replace(p, ci_profiles=(), cis_read=False) for p in profiles)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_observe_reads_identity_and_the_model_table(model: str) -> None:
     table = tables.model(model)
@@ -55,13 +61,14 @@ def test_observe_reads_identity_and_the_model_table(model: str) -> None:
         assert ident.mig_capable
         assert (gpu.mig_current, gpu.mig_pending) == (False, False)
         assert gpu.instances == ()
-        # profile table (with CI lists from the bundled table: no GI exists yet)
-        assert gpu.profiles == table.profiles
+        # profile table read from the GPU; no GI exists yet, so no CI profile is read and
+        # none is taken from a bundled table
+        assert gpu.profiles == _unread(table.profiles)
         # and the same once MIG is on
         assert nv.set_mig_mode(ident.uuid, True) == "NVML_SUCCESS"
         again = nv.observe_gpu(ident.uuid)
         assert (again.mig_current, again.mig_pending) == (True, True)
-        assert again.profiles == table.profiles
+        assert again.profiles == _unread(table.profiles)
         assert again.instances == ()
 
 
@@ -85,6 +92,7 @@ def test_ci_profiles_read_from_a_gi_equal_the_model_table(model: str) -> None:
             # ... once per session
             assert counter.calls["nvmlGpuInstanceGetComputeInstanceProfileInfoV"] == 0
             nv.destroy_gi(uuid, gi.gi_id)
+        # what was read once stays known for the session
         assert nv.observe_gpu(uuid).profiles == table.profiles
 
 
@@ -270,7 +278,7 @@ def test_ampere_held_by_a_client_stays_pending_until_reset(model: str) -> None:
         assert nv.mig_mode(gpu.uuid) == (True, True)
         active = nv.observe_gpu(gpu.uuid)
         assert active.mig_current
-        assert active.profiles == tables.model(model).profiles
+        assert active.profiles == _unread(tables.model(model).profiles)
         # an idle Ampere GPU switches without a reset
         assert nv.set_mig_mode(gpu.uuid, False) == "NVML_SUCCESS"
         assert nv.mig_mode(gpu.uuid) == (False, False)
