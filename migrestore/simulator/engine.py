@@ -62,14 +62,11 @@ DGX_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
 MAX_GPUS = 64  # more than any node has; bounds what a spec can make the simulator build
 
 
-# nvmlPciInfo_t.pciSubSystemId (subsystem device << 16 | subsystem vendor) by PCI device id,
-# where a source names it: 0x16C010DE is the H100 SXM5 board of mig-parted's own
-# device-filter test. Other models report 0 (not known), which no subsystem filter matches.
-PCI_SUBSYSTEM_IDS = {0x233010DE: 0x16C010DE}
-
-
 def pci_subsystem_id(gpu: GpuRecord) -> int:
-    return PCI_SUBSYSTEM_IDS.get(table_of(gpu).pci_device_id, 0)
+    """nvmlPciInfo_t.pciSubSystemId (subsystem device << 16 | subsystem vendor): the
+    model's data field (``SimModel.pci_subsystem_id``, with its provenance), the one source
+    of it for the simulator and for the tests that match device filters against it."""
+    return model_of(gpu).pci_subsystem_id
 
 
 def table_of(gpu: GpuRecord) -> tables.ModelTable:

@@ -1,6 +1,7 @@
 """mig-parted files exactly as mig-parted reads them (issue 16), one test per class, on
-simulated GPUs (two H100 SXM5 boards: PCI device 0x233010DE, subsystem 0x16C010DE), with
-the files from tests/data/mig-parted (NVIDIA's, or written from mig-parted's rules)."""
+simulated GPUs (two H100 SXM5 boards: PCI device 0x233010DE, subsystem 0x16C110DE as an
+lspci capture read it, the simulator's data field), with the files from
+tests/data/mig-parted (NVIDIA's, or written from mig-parted's rules)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Dict, Optional, Tuple
 import pytest
 
 from migrestore import backend, config, planner
+from migrestore.config.fields import device_filter_matches
 from migrestore.errors import ConfigError
 from migrestore.model import GpuSpec, GpuState, InstanceSpec
 from migrestore.nvml import Nvml
+from migrestore.simulator import models as simmodels
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mig-parted"
 
@@ -40,8 +43,22 @@ def refused(name: str, gpus: Tuple[GpuState, ...] = ()) -> ConfigError:
 
 
 def test_the_simulated_h100_reports_its_subsystem_id(h100s: Tuple[GpuState, ...]) -> None:
+    # One source: the simulator's model data (hardware provenance), which NVML reports.
+    h100 = simmodels.get("h100-80gb-hbm3")
+    assert h100.provenance["pci_subsystem_id"]["kind"] == "hardware"
     assert h100s[0].identity.pci_device_id == 0x233010DE
-    assert h100s[0].identity.pci_subsystem_id == 0x16C010DE
+    assert h100s[0].identity.pci_subsystem_id == h100.pci_subsystem_id == 0x16C110DE
+
+
+def test_a_model_without_a_known_subsystem_id_matches_no_subsystem_filter() -> None:
+    with Nvml(backend.choose("b200-180gb")) as nv:
+        (b200,) = nv.observe()
+    assert b200.identity.pci_subsystem_id == simmodels.get("b200-180gb").pci_subsystem_id
+    assert not device_filter_matches(
+        f"0x{b200.identity.pci_device_id:08X}:0x16C110DE",
+        b200.identity.pci_device_id,
+        b200.identity.pci_subsystem_id,
+    )
 
 
 @pytest.mark.parametrize(
