@@ -544,11 +544,13 @@ def diff_profiles(
 
 
 def simulated_model(name: str) -> Optional[str]:
-    """The shipped model whose NVML name is ``name``, or None."""
-    from migrestore import tables
+    """The simulated model whose NVML name is ``name``, or None: the simulator's own
+    models (``migrestore.simulator.models``), including those migrestore bundles no
+    table of, so a real GPU of any simulated model is compared with the simulator."""
+    from migrestore.simulator import models as simmodels
 
-    for model, table in tables.load_models().items():
-        if table.nvml_name == name:
+    for model, found in simmodels.all_models().items():
+        if found.table.nvml_name == name:
             return model
     return None
 

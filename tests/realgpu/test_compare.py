@@ -51,3 +51,6 @@ def test_ci_profiles_of_gi_profiles_without_a_gi_are_not_compared(tmp_path: Path
 def test_models_are_found_by_their_nvml_name() -> None:
     assert simulated_model("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
     assert simulated_model("NVIDIA GeForce RTX 4090") is None
+    # the simulator's models, not migrestore's bundled tables: a B200 is compared too
+    assert simulated_model("NVIDIA B200") == "b200-180gb"
+    assert not simmodels.get("b200-180gb").bundled
