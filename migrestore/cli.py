@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="MODEL",
-        help="check feasibility against a bundled model table instead of the GPUs "
-        "(see 'migrestore-sim models')",
+        help="check feasibility against a model's table instead of the GPUs: the bundled "
+        "one, else the simulator's (every model 'migrestore-sim models' lists)",
     )
 
     add("export", "print the current geometry as a config file that apply accepts")
