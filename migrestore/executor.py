@@ -300,7 +300,7 @@ def execute(
         if not any(uuid == g.uuid and g.label() in failed_gpus for g in after)
     }
     check = planner.plan(check_desired, after, force=True, allow_reset=allow_reset)
-    if not check.converged or check.deferred:
+    if not check.converged:
         left = check.actions
         if not left:
             raise VerifyError(f"after applying, work is still deferred: {check.notes[-1]}")

@@ -485,7 +485,8 @@ class GpuPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """The actions of every GPU; empty exactly when the GPUs show the config."""
+    """The actions of every GPU; converged exactly when the GPUs show the config (no
+    action, and nothing deferred to a later round)."""
 
     gpus: Tuple[GpuPlan, ...]
     unmatched: Tuple[str, ...] = ()  # labels of GPUs no rule matched (left untouched)
@@ -501,4 +502,4 @@ class Plan:
 
     @property
     def converged(self) -> bool:
-        return not self.actions
+        return not self.actions and not self.deferred

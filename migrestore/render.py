@@ -373,7 +373,7 @@ def plan_text(plan: Plan) -> str:
     lines = [f"{_sign(a)} {a.describe()}" for a in plan.actions]
     lines.extend(f"  {note}" for note in plan.notes)
     lines.extend(f"  GPU {label}: no rule matches, left as it is" for label in plan.unmatched)
-    if plan.converged and not plan.deferred:
+    if plan.converged:
         lines.append("nothing to do: the GPUs match the config")
     else:
         lines.append(f"{len(plan.actions)} change(s) planned")
