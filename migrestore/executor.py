@@ -159,7 +159,8 @@ class _GpuRun:
         try:
             gi = self.nv.create_gi(self.uuid, action.profile_id, action.placement)
         except NvmlError as exc:
-            raise self.fail(action, exc.nvml_error) from exc
+            # A failed profile-table read before the create is named, not taken for it.
+            raise self.fail(action, exc.nvml_error, _read_in(exc)) from exc
         self.changes += 1
         if gi.placement != action.placement:
             raise self.fail(action, "PLACEMENT_MISMATCH", f"the driver placed it at {gi.placement}")
@@ -173,7 +174,8 @@ class _GpuRun:
         try:
             ci = self.nv.create_ci(self.uuid, gi_id, action.profile_id, action.placement)
         except NvmlError as exc:
-            raise self.fail(action, exc.nvml_error) from exc
+            # A failed profile-table read before the create is named, not taken for it.
+            raise self.fail(action, exc.nvml_error, _read_in(exc)) from exc
         self.changes += 1
         self.log("info", action.kind, outcome="ok", **_fields(action), gi=gi_id, ci=ci.ci_id)
 
@@ -360,3 +362,8 @@ def _replan(
         deferred.extend(one.deferred)
         notes.extend(one.notes)
     return Plan(tuple(gpu_plans), (), tuple(notes), tuple(deferred)), failures
+
+
+def _read_in(exc: NvmlError) -> str:
+    """The NVML read that failed inside an action (``what`` names the call), or ""."""
+    return f"while: {exc.what}" if "read" in exc.what else ""

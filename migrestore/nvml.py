@@ -15,11 +15,12 @@ Rules:
    its value is returned by name and never ignored.
 3. Profiles are enumerated by index until ``INVALID_ARGUMENT``, skipping
    ``NOT_SUPPORTED``; profile IDs (not indices) are what every other call takes. A
-   driver answers ``INVALID_ARGUMENT`` for every index past its table, so the end is
-   confirmed by the next index answering the same; when the table goes on, the index is
-   read again, and a second misleading answer is an ``NvmlError`` (exit 1) naming the
-   GPU, the call and the error, never a shorter table (which would make a valid config
-   look infeasible, exit 78).
+   driver answers ``INVALID_ARGUMENT`` for every index past its table, so that answer
+   is read again (a profile, or ``NOT_SUPPORTED``: skipped) and the end is confirmed
+   only by the same index and the next one answering it again; any other answer, or
+   the table going on past an index that keeps failing, is an ``NvmlError`` (exit 1)
+   naming the GPU, the call and the error, never a shorter table cached for the model
+   (which would make a valid config look infeasible, exit 78).
 4. IDs are read back, never predicted: a created GI or CI is returned as
    ``nvmlGpuInstanceGetInfo`` / ``nvmlComputeInstanceGetInfo`` report it.
 5. What cannot change is read once per session: the GPU list and identities, and per
@@ -786,6 +787,8 @@ class Nvml:
                     info = _past_the_end(read, index, what)
                     if info is None:
                         break
+                    if info is _SKIP:
+                        continue
                 else:
                     raise _translate(err, what) from err
             name = _profile_name(info.name)
@@ -867,6 +870,8 @@ class Nvml:
                     info = _past_the_end(read_ci, index, what)
                     if info is None:
                         break
+                    if info is _SKIP:
+                        continue
                 else:
                     raise _translate(err, what) from err
             name = _profile_name(info.name)
@@ -912,21 +917,35 @@ def _gi_gone(gi: Any) -> bool:
 
 
 def _past_the_end(read: Callable[[int], Any], index: int, what: str) -> Any:
-    """After ``INVALID_ARGUMENT`` at ``index``: None when the table ends there (the next
-    index answers the same), else the profile at ``index`` read again (rule 3).
+    """After ``INVALID_ARGUMENT`` at ``index`` (rule 3): ``index`` read again answers
+    the profile, ``_SKIP`` (``NOT_SUPPORTED``: not offered), or ``INVALID_ARGUMENT``
+    once more; then None when the next index answers the same too (the table ends).
+    A one-shot misleading answer on the last entry thus never shortens a table.
 
     Raises:
-        NvmlError: the table goes on but ``index`` fails again.
+        NvmlError: any other error, on ``index`` or the next one (naming which), or
+            the table goes on but ``index`` keeps failing.
     """
+    try:
+        return read(index)
+    except pynvml.NVMLError as err:
+        if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
+            return _SKIP
+        if _code(err) != pynvml.NVML_ERROR_INVALID_ARGUMENT:
+            raise _translate(err, f"{what} (read again)") from err
+        again = err
     try:
         read(index + 1)
     except pynvml.NVMLError as err:
         if _code(err) == pynvml.NVML_ERROR_INVALID_ARGUMENT:
             return None
-    try:
-        return read(index)
-    except pynvml.NVMLError as err:
-        raise _translate(err, f"{what} (the indices after it answer)") from err
+        if _code(err) != pynvml.NVML_ERROR_NOT_SUPPORTED:
+            raise _translate(err, f"{what}, then index {index + 1}") from err
+    raise _translate(again, f"{what} (the indices after it answer)") from again
+
+
+_SKIP = object()
+"""``_past_the_end``: the index is not offered (``NOT_SUPPORTED`` when read again)."""
 
 
 def _placements(

@@ -539,3 +539,31 @@ def test_instances_another_client_churns_do_not_fail_the_observation(function: s
         profile = nv.observe_gpu(uuid).profile_by_id(19)
         assert profile is not None
         assert profile.ci_profiles == tables.model("h100-80gb-hbm3").profile_by_id(19).ci_profiles
+
+
+CI_TABLE = "nvmlGpuInstanceGetComputeInstanceProfileInfoV"
+
+
+def test_one_misleading_ci_table_read_never_shortens_the_table() -> None:
+    """Rule 3: INVALID_ARGUMENT once, at any call of a GI's CI-table read (an entry
+    followed by indices not offered, the last entry, past the end): the table read
+    is whole, or an NvmlError names the read; never a shorter table."""
+    table = tables.model("h100-80gb-hbm3")
+    profile = max(table.profiles, key=lambda p: len(p.ci_profiles))
+    with Nvml(Simulated("h100-80gb-hbm3")) as nv:
+        uuid = _enabled(nv)
+        nv.create_gi(uuid, profile.id, profile.placements[0])
+        nv.backend.simulator.fail(CI_TABLE, 1 << 30, "NVML_ERROR_UNKNOWN")
+        nv.observe_gpu(uuid)
+        (counted,) = nv.backend.simulator.state().faults
+        calls = counted.seen
+        nv.backend.simulator.clear_faults()
+    assert calls > len(profile.ci_profiles)
+    for nth in range(1, calls + 1):
+        with Nvml(Simulated("h100-80gb-hbm3")) as nv:
+            uuid = _enabled(nv)
+            nv.create_gi(uuid, profile.id, profile.placements[0])
+            nv.backend.simulator.fail(CI_TABLE, nth, "NVML_ERROR_INVALID_ARGUMENT")
+            observed = nv.observe_gpu(uuid).profile_by_id(profile.id)
+            assert observed is not None
+            assert observed.ci_profiles == profile.ci_profiles, f"call {nth}"
