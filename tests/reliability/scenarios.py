@@ -139,7 +139,14 @@ def select(counts: Dict[str, int], full: bool) -> List[Fault]:
         return faults_at(positions(counts, None))
     reads = {f: n for f, n in counts.items() if f not in CHANGES}
     changes = {f: n for f, n in counts.items() if f in CHANGES}
-    return faults_at(positions(reads, READ_SAMPLE) + positions(changes, CHANGE_SAMPLE))
+    # A failed read ends the run the same way whichever error it is: in the sample each
+    # read gets one of its errors, in turn, so every error still meets some read.
+    sampled_reads = [
+        Fault(f, k, errors_for(f)[i % len(errors_for(f))])
+        for i, (f, k) in enumerate(positions(reads, READ_SAMPLE))
+        if errors_for(f)
+    ]
+    return sampled_reads + faults_at(positions(changes, CHANGE_SAMPLE))
 
 
 # --------------------------------------------------------------------------- scenarios
