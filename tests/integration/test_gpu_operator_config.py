@@ -6,6 +6,7 @@ a profile; the layout does not fit on it)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -74,6 +75,12 @@ def _multiset(gpu: Dict[str, Any]) -> Counter[str]:
     return out
 
 
+@functools.cache
+def _parsed(label: str) -> config.Config:
+    """The file as ``--select label`` reads it (parsing is pure: once per label)."""
+    return config.parse(TEXT, str(FILE), label)
+
+
 @pytest.fixture(scope="module")
 def observed() -> Dict[str, GpuState]:
     states = {}
@@ -101,7 +108,7 @@ def test_every_label_applies_as_mig_parted_would_or_is_refused_for_a_listed_reas
     seen: List[Any] = []  # geometries applied already on this model (one apply each)
     for label, entries in LABELS.items():
         winner = _winner(entries, device_id)
-        cfg = config.parse(TEXT, str(FILE), label)
+        cfg = _parsed(label)
         try:
             desired = config.resolve(cfg, (gpu,))
             planner.plan(desired, (gpu,))
