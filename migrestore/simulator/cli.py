@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from migrestore.errors import MigrestoreError
 from migrestore.simulator import clib, codes, engine, models
-from migrestore.simulator.core import GPU_RESET, Simulator
+from migrestore.simulator.core import GPU_RESET, LOST_ERROR, Simulator
 from migrestore.simulator.fakelib import SYMBOL_NAMES
 from migrestore.simulator.state import current_boot_id, write_new
 
@@ -164,6 +164,8 @@ def _show_text(sim: Simulator) -> str:
             extras.append("passthrough")
         if gpu.gi_id_map is not None:
             extras.append("permuted GI IDs")
+        if gpu.lost:
+            extras.append(f"LOST: every call answers {gpu.lost}")
         extra = f"  ({', '.join(extras)})" if extras else ""
         lines.append(
             f"GPU {gpu.index} {gpu.uuid} {gpu.model} ({table.nvml_name}) @{gpu.branch} "
@@ -284,7 +286,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 def cmd_reboot(args: argparse.Namespace) -> int:
     def act(sim: Simulator) -> str:
         sim.reboot()
-        return "rebooted: instances and clients are gone"
+        return "rebooted: instances and clients are gone, lost GPUs are back"
 
     return _with_sim(args, act)
 
@@ -293,6 +295,23 @@ def cmd_reset(args: argparse.Namespace) -> int:
     def act(sim: Simulator) -> str:
         sim.reset_gpu(args.gpu)
         return f"GPU {args.gpu} reset"
+
+    return _with_sim(args, act)
+
+
+def cmd_lose(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.lose(args.gpu, args.error)
+        name = codes.name_of(codes.parse_error_name(args.error))
+        return f"GPU {args.gpu} fell off the bus: every call on it answers {name}"
+
+    return _with_sim(args, act)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.recover(args.gpu)
+        return f"GPU {args.gpu} is back: no instances, the pending MIG mode in effect"
 
     return _with_sim(args, act)
 
@@ -493,6 +512,25 @@ def build_parser() -> argparse.ArgumentParser:
     state_arg(p)
 
     p = verb("reset", cmd_reset, "reset a GPU (nvidia-smi --gpu-reset): pending mode takes effect")
+    state_arg(p)
+    gpu_arg(p)
+
+    p = verb(
+        "lose",
+        cmd_lose,
+        "a GPU falls off the bus (Xid 79): still counted, but its handle and every call on "
+        "it fail with the error until 'recover' or 'reboot'",
+    )
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument(
+        "--error",
+        default=LOST_ERROR,
+        metavar="NVML_ERROR_NAME",
+        help=f"what its calls answer (default {LOST_ERROR}; e.g. IRQ_ISSUE, UNKNOWN)",
+    )
+
+    p = verb("recover", cmd_recover, "a lost GPU is back (no instances; pending mode in effect)")
     state_arg(p)
     gpu_arg(p)
 

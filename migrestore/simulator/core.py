@@ -24,6 +24,8 @@ Rules:
    change is the Nth from then stop itself with SIGSTOP right after the transaction
    (outside every lock), so a test kills or interrupts it at exactly that point, a
    condition it can wait for (the process is stopped) instead of a time window.
+7. ``lose(gpu, error)`` models a GPU that fell off the bus (fakelib rule 6, engine
+   rule 7); ``recover(gpu)`` or a reboot brings it back.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from migrestore.simulator.state import (
 T = TypeVar("T")
 
 GPU_RESET = "gpu_reset"  # the fault name of Simulator.reset_gpu
+LOST_ERROR = "NVML_ERROR_GPU_IS_LOST"  # what a GPU that fell off the bus answers by default
 
 GpuRef = Union[int, str]  # an index, or a GPU UUID
 
@@ -276,6 +279,46 @@ class Simulator:
             txn.dirty = True
 
         self._op(body, lambda: "reboot")
+
+    def lose(self, gpu: GpuRef, error: str = LOST_ERROR) -> None:
+        """The GPU falls off the bus (Xid 79): it stays counted, but getting its handle
+        and every call on its device, GI, CI and MIG device handles answer ``error``
+        (an NVML error name, e.g. NVML_ERROR_GPU_IS_LOST, IRQ_ISSUE, UNKNOWN) until a
+        reboot or ``recover``.
+
+        Raises:
+            MigrestoreError: unknown error name; NvmlError: no such GPU.
+        """
+        try:
+            code = codes.parse_error_name(error)
+        except ValueError as err:
+            raise MigrestoreError(f"lose: {err}") from None
+
+        def body(txn: Txn) -> None:
+            record = self._select(txn, gpu)
+            record.lost = codes.name_of(code)
+            txn.dirty = True
+
+        self._op(body, lambda: f"{self._label(gpu)}: lose")
+
+    def recover(self, gpu: GpuRef) -> None:
+        """A lost GPU is back on the bus, as after a host-side recovery: it answers again,
+        with the mode it had pending and no instances, holders or processes.
+
+        Raises:
+            NvmlError: no such GPU.
+        """
+
+        def body(txn: Txn) -> None:
+            record = self._select(txn, gpu)
+            if record.lost:
+                record.lost = ""
+                record.mig_current = record.mig_pending
+                record.gis = []
+                record.holders = []
+                txn.dirty = True
+
+        self._op(body, lambda: f"{self._label(gpu)}: recover")
 
     # ------------------------------------------------------------------ clients
 

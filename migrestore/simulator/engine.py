@@ -23,6 +23,9 @@ Rules (sources in ``docs/SIMULATOR.md`` and ``nvml-semantics.md``):
    like other instance of nvidia-smi)"): while ANOTHER process holds a session, a reset
    fails IN_USE and an Ampere activation answers IN_USE. The caller's own session is
    not counted here (the reset tool's own check covers the calling process).
+7. A GPU that fell off the bus (``GpuRecord.lost``, Xid 79) answers its error to every
+   call that names it, a reset included (nvidia-smi --gpu-reset exits 15, "fallen off
+   the bus"); a reboot brings it back with no instances, as any GPU after a reboot.
 """
 
 from __future__ import annotations
@@ -606,6 +609,8 @@ def reset_gpu(gpu: GpuRecord, sessions: Sequence[int] = ()) -> None:
     """A GPU reset (``nvidia-smi --gpu-reset``): the pending mode takes effect and every
     instance is gone. Refused on a passthrough GPU and while anyone uses the GPU,
     another process's NVML session included (rule 6)."""
+    if gpu.lost:
+        raise SimNvmlError(codes.parse_error_name(gpu.lost), "the GPU fell off the bus")
     if gpu.passthrough:
         raise SimNvmlError(
             codes.RESET_REQUIRED, "the GPU cannot be reset here (passthrough); reboot instead"
@@ -628,6 +633,7 @@ def reboot(state: SimState) -> None:
             gpu.mig_pending = False
         gpu.gis = []
         gpu.holders = []
+        gpu.lost = ""
     state.sessions = []
 
 

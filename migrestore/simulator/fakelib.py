@@ -22,6 +22,12 @@ Rules:
    be too small is a caller bug (``cabi.CallerError``). nvml.h treats the count of
    ``GetGpuInstances``/``GetComputeInstances``/``PossiblePlacements`` as output only (DCGM
    passes 0 with a full-size buffer), so a count of 0 with a buffer is accepted.
+6. A lost GPU (``Simulator.lose``: fell off the bus) is still counted by
+   ``nvmlDeviceGetCount``, but getting its handle (by index, UUID or PCI bus id) and every
+   call on a handle of it (device, GI, CI, MIG device, taken before it was lost) answers
+   its error (GPU_IS_LOST, IRQ_ISSUE, UNKNOWN...), as nvml.h documents for
+   ``nvmlDeviceGetHandleByIndex_v2``. With no handle, NVML gives neither its UUID nor
+   its PCI bus id: a caller knows its index only.
 """
 
 from __future__ import annotations
@@ -190,6 +196,7 @@ class FakeNvmlLibrary:
         gpu = txn.state.gpu(index)
         if not value or tag != self._tag or gpu is None:
             raise SimNvmlError(codes.INVALID_ARGUMENT, f"{what} is not a valid handle")
+        _check_lost(gpu)
         return kind, gpu, serial
 
     def _gpu(self, txn: Txn, arg: Any, what: str = "device") -> GpuRecord:
@@ -302,16 +309,19 @@ class FakeNvmlLibrary:
         gpu = txn.state.gpu(i)
         if gpu is None:
             raise SimNvmlError(codes.INVALID_ARGUMENT, f"no GPU {i}")
+        _check_lost(gpu)
         cabi.write_handle(out, self._handle(KIND_DEVICE, gpu), "device")
 
     def _by_uuid(self, txn: Txn, uuid: Any, out: Any) -> None:
         wanted = cabi.text_in(uuid, "uuid")
         for gpu in txn.state.gpus:
             if gpu.uuid == wanted:
+                _check_lost(gpu)
                 cabi.write_handle(out, self._handle(KIND_DEVICE, gpu), "device")
                 return
             for _, ci in engine.mig_devices(gpu):
                 if ci.uuid == wanted:
+                    _check_lost(gpu)
                     cabi.write_handle(out, self._handle(KIND_MIG, gpu, ci.serial), "device")
                     return
         raise SimNvmlError(codes.NOT_FOUND, f"no device with UUID {wanted}")
@@ -320,6 +330,7 @@ class FakeNvmlLibrary:
         wanted = cabi.text_in(bus_id, "pciBusId").upper()
         for gpu in txn.state.gpus:
             if gpu.pci_bus_id.upper() in (wanted, "0000" + wanted):
+                _check_lost(gpu)
                 cabi.write_handle(out, self._handle(KIND_DEVICE, gpu), "device")
                 return
         raise SimNvmlError(codes.NOT_FOUND, f"no device at PCI bus ID {wanted}")
@@ -726,6 +737,12 @@ _CI_INFO_BY_VERSION: Dict[int, Any] = {
     cabi.CI_PROFILE_INFO_V2: cabi.ComputeInstanceProfileInfoV2,
     cabi.CI_PROFILE_INFO_V3: cabi.ComputeInstanceProfileInfoV3,
 }
+
+
+def _check_lost(gpu: GpuRecord) -> None:
+    """A GPU that fell off the bus answers its error to every call that names it (rule 6)."""
+    if gpu.lost:
+        raise SimNvmlError(codes.parse_error_name(gpu.lost), f"GPU {gpu.index} fell off the bus")
 
 
 def _find_ci(gpu: GpuRecord, serial: int) -> Optional[Tuple[GiRecord, CiRecord]]:

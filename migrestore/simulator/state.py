@@ -37,7 +37,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from migrestore import atomic
 from migrestore.errors import MigrestoreError, StateFileError
-from migrestore.simulator import models
+from migrestore.simulator import codes, models
 
 FORMAT = "migrestore-sim/1"
 DRIVER_VERSION = models.BRANCHES[models.DEFAULT_BRANCH].driver_version  # the probes' driver
@@ -80,6 +80,8 @@ class GpuRecord:
     holders: List[int] = field(default_factory=list)  # pids holding the GPU open
     gis: List[GiRecord] = field(default_factory=list)
     branch: int = models.DEFAULT_BRANCH  # the driver branch (simulator.models.BRANCHES)
+    # fell off the bus: the NVML error name every call on it answers ("" while healthy)
+    lost: str = ""
 
 
 @dataclass
@@ -205,6 +207,7 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
         "mig_current": gpu.mig_current,
         "mig_pending": gpu.mig_pending,
         "holders": list(gpu.holders),
+        "lost": gpu.lost,
         "gis": [
             {
                 "serial": gi.serial,
@@ -404,7 +407,21 @@ def _gpu_from(
         holders=r.ints(g, "holders", at),
         gis=gis,
         branch=branch,
+        lost=_lost_from(r, g, at),
     )
+
+
+def _lost_from(r: _Reader, g: Dict[str, Any], at: str) -> str:
+    """The error a lost GPU answers; absent in files written before it existed."""
+    if "lost" not in g:
+        return ""
+    lost = r.get(g, "lost", str, at)
+    if lost:
+        try:
+            codes.parse_error_name(lost)
+        except ValueError:
+            raise r.fail(f"{at}.lost", "not an NVML error name") from None
+    return str(lost)
 
 
 def dumps(state: SimState) -> str:
