@@ -32,6 +32,7 @@ from migrestore.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_PARTIAL,
     EXIT_SOFTWARE,
     EXIT_UNAVAILABLE,
     DriverUnavailable,
@@ -50,6 +51,8 @@ exit codes:
       or a post-apply hook failed after a verified change
   {EXIT_UNAVAILABLE}  no NVIDIA driver (NVML) available
   {EXIT_SOFTWARE}  a bug in migrestore (please report it with the traceback)
+  {EXIT_PARTIAL}  partial: a GPU NVML cannot read (fell off the bus...) or a declared GPU
+      that is not listed was left as it is; every other GPU was restored and verified
   {EXIT_CONFIG}  invalid config or infeasible layout; nothing was touched
 
 environment:
@@ -314,6 +317,7 @@ def _check(args: argparse.Namespace) -> int:
         except MigrestoreError as exc:
             facts["state_error"] = str(exc)
     if facts.get("state") is not None:
+        facts["sick"] = [g.identity.describe_sick() for g in observed if g.sick]
         units = list(metrics.left_stopped(facts["state"]))
         for unit in engine.left_stopped(state_path, _logger(args)):
             if unit not in units:
@@ -415,11 +419,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
             outcome=outcome,
             driver=engine.driver_of(nv),
         )
-    if outcome.converged_before:
+    if outcome.result == RunResult.PARTIAL:
+        log.warning("partial", changes=outcome.changes, outcome=outcome.summary())
+    elif outcome.converged_before:
         log.info("converged", outcome="nothing to do")
     else:
         log.info("applied", changes=outcome.changes, outcome=outcome.summary())
-    return EXIT_FAILED if outcome.hook_failures else EXIT_OK
+    if outcome.hook_failures:
+        return EXIT_FAILED
+    return EXIT_PARTIAL if outcome.result == RunResult.PARTIAL else EXIT_OK
 
 
 def _write_state(

@@ -152,6 +152,7 @@ class Daemon:
         self.state_path = backend.state_path(simulate)
         self.lock_path = backend.lock_path(simulate)
         self.summary = ""  # the last one-line STATUS= summary
+        self.unrestored: Tuple[str, ...] = ()  # the GPUs the last pass could not restore
         self.signals: Optional[_Signals] = None  # SIGTERM cuts the waits short
         self.keepalive: Optional[_Keepalive] = None  # while a watch tick runs
         self.publisher = publish.Publisher(
@@ -321,7 +322,13 @@ class Daemon:
         with self.lock(), self.session() as nv:
             outcome = self.converge_locked()
             summary = self.summary = outcome.summary()
-            if outcome.converged_before:
+            self.unrestored = outcome.plan.unrestored
+            if outcome.result == RunResult.PARTIAL:
+                # READY all the same: the other GPUs are restored; STATUS= names the
+                # GPUs that are not, and the watch goes on (a recovered GPU is restored
+                # at a later tick)
+                self.log.warning("partial", changes=outcome.changes, outcome=summary)
+            elif outcome.converged_before:
                 self.log.info("converged", outcome=summary)
             else:
                 self.log.info("restored", changes=outcome.changes, outcome=summary)
@@ -345,6 +352,15 @@ class Daemon:
         # One observation, one decision (engine.look): a pass that only reports drift
         # destroys nothing, so processes cannot change its answer.
         decision = engine.look(self.nv, self.cfg, force=not restore)
+        if decision.converged and decision.plan.unrestored != self.unrestored:
+            # a GPU fell sick (or came back unchanged) since the last pass: say so
+            engine.report_unrestored(decision, self.log)
+            outcome = engine.Outcome(decision.plan, decision.observed, devices_read=False)
+            self.unrestored = decision.plan.unrestored
+            self.summary = outcome.summary()
+            self.notifier.status(self.summary)
+            self.record(outcome, self.nv.observe())
+            return
         if decision.converged:
             self.log.debug("watch", reason=reason, outcome="converged")
             # a killed or interrupted 'migrestore apply' may have left clients stopped
@@ -358,6 +374,7 @@ class Daemon:
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
             outcome = self.converge_locked(decision, drift=reason != "reload")
             self.summary = outcome.summary()
+            self.unrestored = outcome.plan.unrestored
             self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
             self.notifier.status(self.summary)
         elif policy == DriftPolicy.IGNORE:

@@ -27,6 +27,10 @@ Rules:
    ``cdi.refresh: never``) run only after a verified change; a refresh problem is a
    warning in the outcome (``cdi_problems``), never a failure of the pass.
 6. The caller holds the GPU lock for the whole pass. This module does no file I/O.
+7. One sick GPU does not stop the others (issue 12 item 3): the plan leaves a GPU NVML
+   cannot read, or a declared GPU that is not listed, out (``Plan.unrestored``); the
+   others are restored and verified; each such GPU gets one error line in the journal
+   (index, PCI bus id, what failed, NVML error) and the pass's result is PARTIAL.
 """
 
 from __future__ import annotations
@@ -131,14 +135,26 @@ class Outcome:
 
     @property
     def result(self) -> RunResult:
-        """CONVERGED: nothing needed changing; APPLIED: changed and verified."""
+        """CONVERGED: nothing needed changing; APPLIED: changed and verified; PARTIAL:
+        some GPUs could not be restored (sick or missing), the others are as declared."""
+        if self.plan.unrestored:
+            return RunResult.PARTIAL
         return RunResult.CONVERGED if self.plan.converged else RunResult.APPLIED
 
     def summary(self) -> str:
         """The one-line STATUS= text."""
         mig = [g for g in self.observed if g.mig_current]
         devices = sum(len(gi.cis) for g in mig for gi in g.instances)
-        if self.plan.converged:
+        if self.plan.unrestored:
+            count = len(self.plan.unrestored)
+            text = f"partial: {count} GPU{'s' if count != 1 else ''} not restored: " + "; ".join(
+                self.plan.unrestored
+            )
+            restored = len({a.gpu for a in self.plan.actions})
+            text += f"; the others: {len(mig)} MIG GPUs, {devices} MIG devices" + (
+                f" (restored {restored})" if restored else ""
+            )
+        elif self.plan.converged:
             text = f"converged: {len(mig)} MIG GPUs, {devices} MIG devices"
         else:
             gpus = len({a.gpu for a in self.plan.actions})
@@ -194,6 +210,7 @@ def state_document(
         start_failed=outcome.start_failed if outcome is not None else (),
         hooks_failed=outcome.hook_failures + outcome.cdi_problems if outcome is not None else (),
         unmatched=outcome.unmatched if outcome is not None else (),
+        unrestored=outcome.plan.unrestored if outcome is not None else (),
         problems=publish.assess(cfg, observed) if cfg is not None else None,
         config_sha256=cfg.sha256 or None if cfg is not None else None,
         drift=drift,
@@ -259,6 +276,7 @@ def converge(
         plan = decision.plan
         for label in plan.unmatched:
             log.info("gpu_unmatched", gpu=label, outcome="left as it is")
+        report_unrestored(decision, log)
         if not plan.converged:
             from migrestore import executor
 
@@ -306,6 +324,26 @@ def converge(
         notes=plan.notes,
         cdi_problems=cdi_problems,
     )
+
+
+def report_unrestored(decision: Decision, log: Any) -> None:
+    """One journal line per GPU the pass cannot restore (rule 7): a sick GPU with its
+    index, PCI bus id, what failed and the NVML error; a declared GPU not listed."""
+    for gpu in decision.observed:
+        if gpu.sick:
+            ident = gpu.identity
+            log.error(
+                "gpu_sick",
+                gpu=ident.index,
+                pci_bus_id=ident.pci_bus_id or "unknown (no NVML handle)",
+                uuid=ident.uuid or "unknown",
+                failed=ident.failed,
+                error=ident.error,
+                outcome="not restored; the other GPUs are",
+            )
+    for line in decision.plan.unrestored:
+        if " is declared but " in line:
+            log.error("gpu_missing", outcome=line)
 
 
 def _post_apply(

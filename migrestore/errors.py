@@ -21,6 +21,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
+# EX_TEMPFAIL: some GPUs could not be restored (sick: NVML cannot read them, or declared
+# and not listed), every other GPU was restored and verified (issue 12 item 3)
+EXIT_PARTIAL = 75
 EXIT_CONFIG = 78
 
 

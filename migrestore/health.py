@@ -7,9 +7,11 @@ Rules:
 
 1. ``OK`` (0): the GPUs a rule matches are as the config declares them, the last pass
    did not fail and no client unit was left stopped.
-2. ``PROBLEM`` (1): the last pass failed, or client units were left stopped, or the GPUs
-   are not as the config declares them (drift, a pending mode change), or the config
-   cannot be used. The first of these, in that order, is the line.
+2. ``PROBLEM`` (1): the last pass failed, or a GPU is sick now (NVML cannot read it) or
+   the last pass was partial (a GPU was not restored), or client units were left
+   stopped, or the GPUs are not as the config declares them (drift, a pending mode
+   change), or the config cannot be used. The first of these, in that order, is the
+   line.
 3. ``UNKNOWN`` (2): the state cannot be known: no NVIDIA driver, or no state file
    (migrestore has not run since boot), or a state file that cannot be read.
 4. The line is at most ``MAX_LINE`` (80) characters, one line, starting with the state
@@ -58,13 +60,15 @@ def decide(
     left_stopped: Sequence[str] = (),
     drift: Sequence[str] = (),
     summary: str = "",
+    sick: Sequence[str] = (),
 ) -> Verdict:
     """The check's verdict. ``driver_error``: why NVML could not be opened;
     ``state``: the state document (None: none this boot) or ``state_error``: why it
     cannot be read; ``config_error``: why the config cannot be used; ``left_stopped``:
     the client units stopped and not started again; ``drift``: per GPU that is not as
     declared, one short description (from a plan of the live GPUs); ``summary``: the
-    OK line's text (``2 MIG GPUs, 6 MIG devices``)."""
+    OK line's text (``2 MIG GPUs, 6 MIG devices``); ``sick``: per GPU NVML cannot read
+    now, one line (``GpuIdentity.describe_sick``)."""
     if driver_error is not None:
         return _verdict(UNKNOWN, f"no NVIDIA driver: {driver_error}")
     if state_error is not None:
@@ -73,6 +77,11 @@ def decide(
         return _verdict(UNKNOWN, "no state file: migrestore has not run since boot")
     if state.get("result") == "failed":
         return _verdict(PROBLEM, f"last pass failed at {state.get('time')}: {state.get('message')}")
+    if sick:
+        many = f" ({len(sick)} GPUs)" if len(sick) > 1 else ""
+        return _verdict(PROBLEM, f"partial: sick GPU{many}: {sick[0]}")
+    if state.get("result") == "partial":
+        return _verdict(PROBLEM, f"partial at {state.get('time')}: {state.get('message')}")
     if left_stopped:
         return _verdict(PROBLEM, f"units left stopped: {', '.join(left_stopped)}")
     if config_error is not None:

@@ -48,8 +48,8 @@ __all__ = [
 DEFAULT_TEXTFILE = "/var/lib/prometheus/node-exporter/migrestore.prom"
 # The results a state document can carry (statefile.RESULTS); all are exported so that
 # an alert on one of them never sees the series vanish.
-RESULTS = ("converged", "applied", "failed", "drift")
-PASS_RESULTS = ("converged", "applied", "failed")
+RESULTS = ("converged", "applied", "failed", "drift", "partial")
+PASS_RESULTS = ("converged", "applied", "failed", "partial")
 
 
 class MetricsError(MigrestoreError):
@@ -235,7 +235,7 @@ def render(state: Mapping[str, Any], *, version: str = "") -> str:
         "last_pass_result",
         "gauge",
         "1 for the result of the last pass or watch tick (converged, applied, failed, "
-        "drift: reported only), 0 for the others.",
+        "drift: reported only, partial: a GPU was not restored), 0 for the others.",
     )
     for name in RESULTS:
         last.add(1 if result == name else 0, result=name)
@@ -307,6 +307,17 @@ def render(state: Mapping[str, Any], *, version: str = "") -> str:
         "gauge",
         "GPU instances on the GPU, per GPU-instance profile.",
     )
+    sick = family(
+        "gpu_sick",
+        "gauge",
+        "1 for each GPU NVML could not read in the last pass (fell off the bus...), with "
+        "the NVML error and what failed; such a GPU is not restored.",
+    )
+    family(
+        "gpus_unrestored",
+        "gauge",
+        "GPUs the last pass could not restore: sick, or declared and not listed (0 is healthy).",
+    ).add(len(_strings(state.get("unrestored"))))
     for gpu in gpus:
         ident = {"gpu": str(gpu.get("index", "")), "uuid": str(gpu.get("uuid", ""))}
         info.add(
@@ -328,6 +339,15 @@ def render(state: Mapping[str, Any], *, version: str = "") -> str:
                 per_profile[gi["profile"]] = per_profile.get(gi["profile"], 0) + 1
         for profile, n in sorted(per_profile.items()):
             instances.add(n, **ident, profile=profile)
+        error = _mapping(gpu.get("error"))
+        if error:
+            sick.add(
+                1,
+                **ident,
+                pci_bus_id=str(gpu.get("pci_bus_id", "")),
+                error=str(error.get("nvml_error", "")),
+                failed=str(error.get("failed", "")),
+            )
 
     counters = _mapping(state.get("counters"))
     since = _epoch(counters.get("since"))
@@ -340,7 +360,7 @@ def render(state: Mapping[str, Any], *, version: str = "") -> str:
     passes = family(
         "passes_total",
         "counter",
-        "Passes since the counters started, per result (converged, applied, failed).",
+        "Passes since the counters started, per result (converged, applied, failed, partial).",
     )
     done = _counts(counters.get("passes"))
     for name in PASS_RESULTS:

@@ -152,6 +152,19 @@ class GpuIdentity:
     architecture: str  # ARCH_* (lower case), or "unknown"
     mig_capable: bool
     pci_subsystem_id: int = 0  # e.g. 0x16C010DE (subsystem device, vendor); 0: not read
+    # A sick GPU (fell off the bus, its reads fail): the NVML error name ("" when healthy)
+    # and what failed ("get its handle"). Its uuid and pci_bus_id are "" when unreadable.
+    error: str = ""
+    failed: str = ""
+
+    @property
+    def sick(self) -> bool:
+        return bool(self.error)
+
+    def describe_sick(self) -> str:
+        """``GPU 3 (bus id unknown): get its handle: NVML_ERROR_GPU_IS_LOST``."""
+        where = self.pci_bus_id or "bus id unknown"
+        return f"GPU {self.index} ({where}): {self.failed}: {self.error}"
 
     @property
     def resets_for_mode(self) -> bool:
@@ -214,9 +227,16 @@ class GpuState:
     def profile_by_id(self, profile_id: int) -> Optional[GiProfile]:
         return find_profile(self.profiles, profile_id=profile_id)
 
+    @property
+    def sick(self) -> bool:
+        """NVML could not read this GPU (``identity.error``): nothing is planned for it."""
+        return self.identity.sick
+
     def label(self) -> str:
-        """How log lines and errors name a GPU: index and UUID."""
-        return f"{self.identity.index} ({self.identity.uuid})"
+        """How log lines and errors name a GPU: index and UUID (the PCI bus id, or
+        that neither is known, for a sick GPU whose UUID cannot be read)."""
+        ident = self.identity
+        return f"{ident.index} ({ident.uuid or ident.pci_bus_id or 'UUID unreadable'})"
 
 
 Observed = Tuple[GpuState, ...]
@@ -285,6 +305,9 @@ class RunResult(str, enum.Enum):
     APPLIED = "applied"  # the geometry was changed and verified
     FAILED = "failed"  # the run failed (the message says why)
     DRIFT = "drift"  # the watch found drift and only warned (drift.policy: warn)
+    # some GPUs could not be restored (sick: NVML cannot read them; or declared and not
+    # listed); every other GPU was restored and verified
+    PARTIAL = "partial"
 
     def __str__(self) -> str:
         return str(self.value)
@@ -495,6 +518,9 @@ class Plan:
     # profiles (read once MIG is on, on drivers before R550) or the CI profiles of GIs
     # about to be made (read from the GIs)
     deferred: Tuple[str, ...] = ()
+    # GPUs that cannot be restored, one line each: sick (NVML cannot read them) or
+    # declared by a rule and not listed; non-empty makes the run's result PARTIAL
+    unrestored: Tuple[str, ...] = field(default=())
 
     @property
     def actions(self) -> Tuple[Action, ...]:

@@ -45,6 +45,13 @@ Rules:
    share a memory slice, so a profile whose every possible placement overlaps the GIs
    found already has none (a GPU that seven 1g.10gb fill needs one GI list, not seven;
    each list is a ~0.36 ms driver call on an H100).
+10. One sick GPU never fails the observation of the others. A GPU whose handle or
+    reads fail with an error that says the GPU itself is unwell (``SICK``: GPU_IS_LOST,
+    IRQ_ISSUE, UNKNOWN..., what nvml.h lists for ``nvmlDeviceGetHandleByIndex_v2`` and
+    the device reads) is read once more; failing again, it is observed as sick
+    (``GpuIdentity.error`` and ``failed``; its UUID and PCI bus id when they were read
+    before the failure, else "": without a handle NVML gives neither) and stays so for
+    the session. Any other error still fails the observation.
 """
 
 from __future__ import annotations
@@ -183,6 +190,19 @@ STRICT_ATTEMPTS = 3
 # What a read answers when another process changed the GPU under it: an instance gone
 # (its handle), or MIG mode switched off between two reads.
 VANISHED = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTED")
+# What says that one GPU itself is unwell (rule 10): nvml.h lists these for
+# nvmlDeviceGetHandleByIndex_v2 ("GPU_IS_LOST if the target GPU has fallen off the bus or
+# is otherwise inaccessible", IRQ_ISSUE, INSUFFICIENT_POWER, NO_PERMISSION, UNKNOWN) and
+# for the device reads (TIMEOUT, GPU_NOT_FOUND).
+SICK = (
+    "NVML_ERROR_GPU_IS_LOST",
+    "NVML_ERROR_IRQ_ISSUE",
+    "NVML_ERROR_UNKNOWN",
+    "NVML_ERROR_INSUFFICIENT_POWER",
+    "NVML_ERROR_NO_PERMISSION",
+    "NVML_ERROR_TIMEOUT",
+    "NVML_ERROR_GPU_NOT_FOUND",
+)
 
 
 class Backend(Protocol):
@@ -254,11 +274,13 @@ class _Gpu:
     gi_profiles: Tuple[GiProfile, ...] = ()
     # CI profiles per GI profile ID, read from an existing GI of that profile
     ci_read: Dict[int, Tuple[CiProfile, ...]] = field(default_factory=dict)
-    # CI profiles per GI profile ID from the bundled model table (None: not looked up)
+    # sick (rule 10): the NVML error name and what failed; "" while healthy
+    error: str = ""
+    failed: str = ""
 
     @property
     def label(self) -> str:
-        return f"GPU {self.index} ({self.uuid})"
+        return f"GPU {self.index} ({self.uuid})" if self.uuid else f"GPU {self.index}"
 
 
 class Nvml:
@@ -367,7 +389,9 @@ class Nvml:
             try:
                 tolerant = attempt >= STRICT_ATTEMPTS
                 with self._gate.shared():
-                    return tuple(self._observe(gpu, devices, tolerant) for gpu in self._devices())
+                    return tuple(
+                        self._observe_one(gpu, devices, tolerant) for gpu in self._devices()
+                    )
             except NvmlError as err:
                 if err.nvml_error not in VANISHED or attempt == OBSERVE_ATTEMPTS - 1:
                     raise
@@ -535,15 +559,46 @@ class Nvml:
         return gpus
 
     def _identify(self, index: int) -> _Gpu:
-        with _nvml(f"GPU {index}: get its handle"):
+        """One GPU's identity; a sick GPU (rule 10) is read once more, then returned as
+        sick with what could be read."""
+        try:
+            return self._read_identity(index)
+        except _SickRead:
+            pass
+        try:
+            return self._read_identity(index)
+        except _SickRead as sick:
+            return _Gpu(
+                index=index,
+                handle=None,
+                uuid=sick.uuid,
+                pci_bus_id=sick.pci_bus_id,
+                pci_device_id=0,
+                name="",
+                architecture="unknown",
+                error=sick.error.nvml_error,
+                failed=sick.step,
+            )
+
+    def _read_identity(self, index: int) -> _Gpu:
+        step = "get its handle"
+        uuid = bus_id = ""
+        try:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        with _nvml(f"GPU {index}: read its UUID"):
+            step = "read its UUID"
             uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
-        label = f"GPU {index} ({uuid})"
-        with _nvml(f"{label}: read its PCI info"):
+            step = "read its PCI info"
             pci = pynvml.nvmlDeviceGetPciInfo(handle)
-        with _nvml(f"{label}: read its name"):
+            bus_id = _text(pci.busId)
+            step = "read its name"
             name = _text(pynvml.nvmlDeviceGetName(handle))
+        except pynvml.NVMLError as err:
+            label = f"GPU {index} ({uuid})" if uuid else f"GPU {index}"
+            failure = _translate(err, f"{label}: {step}")
+            if failure.nvml_error in SICK:
+                raise _SickRead(failure, step, uuid, bus_id) from err
+            raise failure from err
+        label = f"GPU {index} ({uuid})"
         try:
             arch = _ARCHITECTURES.get(int(pynvml.nvmlDeviceGetArchitecture(handle)), "unknown")
         except pynvml.NVMLError as err:
@@ -551,13 +606,16 @@ class Nvml:
                 pynvml.NVML_ERROR_NOT_SUPPORTED,
                 pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
             ):
-                raise _translate(err, f"{label}: read its architecture") from err
+                failure = _translate(err, f"{label}: read its architecture")
+                if failure.nvml_error in SICK:
+                    raise _SickRead(failure, "read its architecture", uuid, bus_id) from err
+                raise failure from err
             arch = "unknown"
         return _Gpu(
             index=index,
             handle=handle,
             uuid=uuid,
-            pci_bus_id=_text(pci.busId),
+            pci_bus_id=bus_id,
             pci_device_id=int(pci.pciDeviceId),
             name=name,
             architecture=arch,
@@ -567,7 +625,7 @@ class Nvml:
     def _gpu(self, uuid: str) -> _Gpu:
         gpus = self._devices()
         for gpu in gpus:
-            if gpu.uuid == uuid:
+            if gpu.uuid == uuid and not gpu.error:
                 return gpu
         raise NvmlError(
             nvml_error=error_name(pynvml.NVML_ERROR_NOT_FOUND),
@@ -587,6 +645,36 @@ class Nvml:
         return bool(current), bool(pending)
 
     # ------------------------------------------------------------------ observe
+
+    def _observe_one(self, gpu: _Gpu, devices: bool, tolerant: bool) -> GpuState:
+        """One GPU of ``observe``; a sick one (rule 10) is observed as such, not raised."""
+        if not gpu.error:
+            try:
+                return self._observe(gpu, devices, tolerant)
+            except NvmlError as err:
+                if err.nvml_error not in SICK:
+                    raise
+            try:  # once more: a read that fails once by chance is not a sick GPU
+                return self._observe(gpu, devices, tolerant)
+            except NvmlError as err:
+                if err.nvml_error not in SICK:
+                    raise
+                prefix = gpu.label + ": "
+                gpu.error = err.nvml_error
+                gpu.failed = err.what[len(prefix) :] if err.what.startswith(prefix) else err.what
+        identity = GpuIdentity(
+            index=gpu.index,
+            uuid=gpu.uuid,
+            pci_bus_id=gpu.pci_bus_id,
+            pci_device_id=gpu.pci_device_id,
+            name=gpu.name,
+            architecture=gpu.architecture,
+            mig_capable=False,
+            pci_subsystem_id=gpu.pci_subsystem_id,
+            error=gpu.error,
+            failed=gpu.failed,
+        )
+        return GpuState(identity, False, False, (), ())
 
     def _observe(self, gpu: _Gpu, devices: bool = True, tolerant: bool = False) -> GpuState:
         """One GPU's state; ``tolerant``: an instance that vanishes while it is read is
@@ -905,6 +993,18 @@ class Nvml:
     def _gi_handle(self, gpu: _Gpu, gi_id: int, doing: str) -> Any:
         with _nvml(f"{gpu.label}: {doing}: find GI {gi_id}"):
             return pynvml.nvmlDeviceGetGpuInstanceById(gpu.handle, gi_id)
+
+
+class _SickRead(Exception):
+    """A GPU's identity read failed with a ``SICK`` error, after ``uuid`` and
+    ``pci_bus_id`` were read ("" when not)."""
+
+    def __init__(self, error: NvmlError, step: str, uuid: str, pci_bus_id: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.step = step
+        self.uuid = uuid
+        self.pci_bus_id = pci_bus_id
 
 
 def _gi_gone(gi: Any) -> bool:

@@ -28,6 +28,12 @@ Rules:
    ``GpuSpec.source``) and no plan is returned; an instance with running processes that
    would be destroyed raises ``BusyError`` unless ``force``. Infeasibility is reported
    before processes, so a config error is never masked by a busy GPU.
+6. One sick GPU does not stop the others (issue 12 item 3): a GPU observed sick (NVML
+   cannot read it, ``GpuState.sick``) gets no plan and one line in ``Plan.unrestored``
+   (index, PCI bus id, what failed, the NVML error; the rule that declared it, when a
+   healthy-looking spec was matched to it); a GPU ``desired`` declares that was not
+   observed gets one line there too, never an error for the whole plan. Non-empty
+   ``unrestored`` makes the run PARTIAL.
 """
 
 # Python 3.9 spelling (typing.Dict/Tuple/Optional), as docs/ARCHITECTURE.md asks.
@@ -84,21 +90,24 @@ def plan(
     never``) forbids the GPU reset an Ampere mode change needs.
 
     Raises:
-        InfeasibleError: a layout cannot exist on its GPU, a GPU is not MIG-capable, a
-            needed reset is forbidden, or a declared GPU was not observed.
+        InfeasibleError: a layout cannot exist on its GPU, a GPU is not MIG-capable or
+            a needed reset is forbidden.
         BusyError: the plan would destroy an instance with running processes (not
             raised with ``force``).
     """
     gpus = sorted(observed, key=lambda g: (g.index, g.uuid))
-    seen = {g.uuid for g in gpus}
+    unrestored: List[str] = []
+    for gpu in gpus:
+        if gpu.sick:
+            unrestored.append(f"{gpu.identity.describe_sick()}; left as it is")
+    healthy = {g.uuid for g in gpus if not g.sick}
     for uuid in sorted(desired):
         declared = desired[uuid]
-        if uuid not in seen and declared is not None:
-            raise InfeasibleError(
-                uuid,
-                "is declared but the driver does not show it "
-                "(check `nvidia-smi -L` and the kernel log for the GPU)",
-                declared.source,
+        if uuid not in healthy and declared is not None:
+            where = f"{declared.source}: " if declared.source else ""
+            unrestored.append(
+                f"{where}GPU {uuid} is declared but NVML does not list it readable "
+                "(check `nvidia-smi -L` and the kernel log for the GPU)"
             )
 
     plans: List[GpuPlan] = []
@@ -107,6 +116,8 @@ def plan(
     deferred: List[str] = []
     busy: Optional[BusyError] = None
     for gpu in gpus:
+        if gpu.sick:
+            continue
         spec = desired.get(gpu.uuid)
         if spec is None:
             unmatched.append(gpu.label())
@@ -127,7 +138,7 @@ def plan(
         plans.append(GpuPlan(gpu.uuid, gpu.index, outcome.actions, spec))
     if busy is not None:
         raise busy
-    return Plan(tuple(plans), tuple(unmatched), tuple(notes), tuple(deferred))
+    return Plan(tuple(plans), tuple(unmatched), tuple(notes), tuple(deferred), tuple(unrestored))
 
 
 def gpu_converged(spec: GpuSpec, gpu: GpuState) -> bool:

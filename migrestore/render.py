@@ -86,6 +86,13 @@ def _mode(on: bool) -> str:
 
 def _header(gpu: GpuState) -> str:
     ident = gpu.identity
+    if ident.sick:
+        uuid = ident.uuid or "UUID unreadable"
+        bus = ident.pci_bus_id or "unknown (no NVML handle)"
+        return (
+            f"GPU {ident.index}: SICK ({uuid}) bus {bus}: {ident.failed}: {ident.error}; "
+            "not restored"
+        )
     text = f"GPU {ident.index}: {ident.name} ({ident.uuid}) bus {ident.pci_bus_id}"
     if not ident.mig_capable:
         return f"{text}, MIG not supported"
@@ -113,6 +120,9 @@ def status_json(observed: Sequence[GpuState], driver_version: str) -> Dict[str, 
                 "pci_device_id": f"0x{ident.pci_device_id:08X}",
                 "name": ident.name,
                 "architecture": ident.architecture,
+                "error": (
+                    {"nvml_error": ident.error, "failed": ident.failed} if ident.sick else None
+                ),
                 "mig": {
                     "capable": ident.mig_capable,
                     "current": gpu.mig_current,
@@ -365,6 +375,7 @@ def plan_json(plan: Plan) -> Dict[str, Any]:
         # GPUs with work planned only after these actions ran (profiles a driver lists
         # once MIG is on; CI profiles read from the GIs about to be made)
         "deferred": list(plan.deferred),
+        "unrestored": list(plan.unrestored),
     }
 
 
@@ -373,6 +384,7 @@ def plan_text(plan: Plan) -> str:
     lines = [f"{_sign(a)} {a.describe()}" for a in plan.actions]
     lines.extend(f"  {note}" for note in plan.notes)
     lines.extend(f"  GPU {label}: no rule matches, left as it is" for label in plan.unmatched)
+    lines.extend(f"! not restored: {line}" for line in plan.unrestored)
     if plan.converged:
         lines.append("nothing to do: the GPUs match the config")
     else:

@@ -28,7 +28,7 @@ Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` val
     {
       "version": 1,
       "time": "2026-01-31T12:00:00Z",     # when the run ended, UTC, ISO 8601
-      "result": "converged",              # converged | applied | failed | drift
+      "result": "converged",              # converged | applied | failed | drift | partial
       "message": "one line",              # the same text as the unit's STATUS=
       "duration": 1.234,                  # seconds the run took
       "config": "/etc/migrestore.yaml",   # or null
@@ -40,6 +40,7 @@ Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` val
       "units": {"stopped": [...], "start_failed": [...]},   # start_failed: still stopped
       "hooks_failed": ["one line per failed hook or CDI refresh step"],
       "unmatched": ["GPU labels no rule matched (left untouched)"],
+      "unrestored": ["one line per GPU not restored: sick, or declared and not listed"],
       "counters": {...},                  # added by publish.Publisher (metrics.count)
       "gpus": [
         {
@@ -48,6 +49,9 @@ Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` val
           "mig": {"current": true, "pending": true},
           "converged": true,              # as declared; false: not; null: no rule matches
           "problem": null,                # or one line: why this GPU is not as desired
+          "error": null,                  # sick: {"nvml_error": "NVML_ERROR_GPU_IS_LOST",
+                                          #  "failed": "get its handle"}; its uuid and
+                                          #  pci_bus_id are "" when NVML cannot read them
           "instances": [
             {
               "gi_id": 1, "profile": "3g.40gb", "profile_id": 9,
@@ -64,7 +68,9 @@ Schema (version 1), made by ``build_state`` from observed ``model.GpuState`` val
 
 ``result``: ``converged`` nothing needed changing; ``applied`` the geometry was
 changed and verified; ``failed`` the run failed (``message`` says why); ``drift`` the
-watch found the geometry changed under it and only warned.
+watch found the geometry changed under it and only warned; ``partial`` some GPUs could
+not be restored (``unrestored`` and each sick GPU's ``error`` say which and why), every
+other GPU was restored and verified.
 """
 
 from __future__ import annotations
@@ -139,6 +145,9 @@ def _gi(gi: GpuInstance) -> Dict[str, Any]:
 def _gpu(gpu: GpuState, problems: Mapping[str, Optional[str]]) -> Dict[str, Any]:
     ident = gpu.identity
     problem = problems.get(ident.uuid)
+    converged = (problem is None) if ident.uuid in problems else None
+    if ident.sick:
+        problem, converged = ident.describe_sick(), False
     return {
         "index": ident.index,
         "uuid": ident.uuid,
@@ -146,8 +155,9 @@ def _gpu(gpu: GpuState, problems: Mapping[str, Optional[str]]) -> Dict[str, Any]
         "name": ident.name,
         "architecture": ident.architecture,
         "mig": {"current": gpu.mig_current, "pending": gpu.mig_pending},
-        "converged": (problem is None) if ident.uuid in problems else None,
+        "converged": converged,
         "problem": problem,
+        "error": {"nvml_error": ident.error, "failed": ident.failed} if ident.sick else None,
         "instances": [_gi(gi) for gi in gpu.instances],
     }
 
@@ -166,6 +176,7 @@ def build_state(
     start_failed: Sequence[str] = (),
     hooks_failed: Sequence[str] = (),
     unmatched: Sequence[str] = (),
+    unrestored: Sequence[str] = (),
     problems: Optional[Mapping[str, Optional[str]]] = None,
     config_sha256: Optional[str] = None,
     drift: bool = False,
@@ -195,6 +206,7 @@ def build_state(
         "units": {"stopped": list(stopped_units), "start_failed": list(start_failed)},
         "hooks_failed": list(hooks_failed),
         "unmatched": list(unmatched),
+        "unrestored": list(unrestored),
         "gpus": [_gpu(g, issues) for g in observed],
     }
 

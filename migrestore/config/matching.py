@@ -18,6 +18,10 @@ Rules:
    entries that disagree on ``mig-enabled``, or by an earlier entry whose layout this
    GPU cannot hold (mig-parted applies every matching entry in turn), is refused.
 5. Pure: observed GPUs in, specs out.
+6. A sick GPU (``GpuState.sick``: NVML cannot read it) matches no rule: what a rule
+   would select it by cannot be read. A GPU a rule declares by UUID that no readable
+   GPU has is kept in the result under that UUID, so the planner reports it as
+   declared and missing (never dropped silently).
 """
 
 from __future__ import annotations
@@ -171,6 +175,8 @@ def resolve(config: Config, observed: Sequence[GpuState]) -> Dict[str, GpuSpec]:
     desired: Dict[str, GpuSpec] = {}
     mig_parted = config.selected is not None
     for gpu in observed:
+        if gpu.sick:
+            continue
         matched = [rule for rule in config.rules if matches(rule, gpu.identity)]
         if not matched:
             continue
@@ -190,7 +196,24 @@ def resolve(config: Config, observed: Sequence[GpuState]) -> Dict[str, GpuSpec]:
                     )
                 check_rule(config, earlier, gpu.profiles, _describe(gpu))
         desired[gpu.uuid] = winner.spec
+    readable = {gpu.uuid.lower() for gpu in observed if not gpu.sick}
+    for rule in config.rules:
+        for selector in rule.match:
+            if selector.kind != "uuid":
+                continue
+            for uuid in selector.values:
+                if uuid.lower() not in readable and uuid not in desired:
+                    desired[uuid] = _sourced(config, rule)
     return desired
+
+
+def _sourced(config: Config, rule: Rule) -> GpuSpec:
+    """The rule's spec with its ``file:line`` as the source, for the planner's line."""
+    if rule.spec.source:
+        return rule.spec
+    path, line = _where(config, rule)
+    where = f"{path}:{line}" if line is not None else path
+    return GpuSpec(rule.spec.mig, rule.spec.instances, where)
 
 
 def unknown_profile_names(config: Config) -> Tuple[str, ...]:

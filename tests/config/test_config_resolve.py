@@ -315,3 +315,25 @@ def test_export_round_trip_of_random_geometries(observed: List[GpuState]) -> Non
     assert set(desired) == {g.uuid for g in observed}
     for state in observed:
         assert desired[state.uuid].instances == specs_of(state)
+
+
+def test_a_sick_gpu_matches_no_rule_and_a_declared_uuid_stays_to_be_reported() -> None:
+    lost = GpuState(
+        GpuIdentity(
+            3, "", "", 0, "", "unknown", False, 0, "NVML_ERROR_GPU_IS_LOST", "get its handle"
+        ),
+        False,
+        False,
+        (),
+        (),
+    )
+    gone = "GPU-00000000-1111-2222-3333-444444444444"
+    cfg = config.parse(
+        "version: 1\ngpus:\n"
+        f"  - match: {{uuid: {gone}}}\n    mig: false\n"
+        "  - match: {index: 3}\n    mig: false\n"
+        "  - match: all\n    mig: false\n",
+        "node.yaml",
+    )
+    desired = config.resolve(cfg, [lost])
+    assert desired == {gone: GpuSpec(False, (), "node.yaml:3")}

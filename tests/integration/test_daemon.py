@@ -474,3 +474,30 @@ def test_an_idle_daemon_blocks_no_reset_and_no_ampere_activation(ampere: Node) -
     assert ampere.daemon is not None and ampere.daemon.poll() is None
     code, err = ampere.stop_daemon()
     assert code == 0, err
+
+
+def test_a_lost_gpu_gets_ready_with_a_partial_status_and_is_restored_once_back(
+    hopper: Node,
+) -> None:
+    hopper.write_config(config())
+    hopper.sim("lose", hopper.state, "--gpu", "1")
+    hopper.start_daemon()
+    ready = hopper.notify.wait_for("READY=1")
+    # READY all the same: GPU 0 is restored; STATUS= names the lost GPU and its error
+    assert "STATUS=partial: 1 GPU not restored: GPU 1 (bus id unknown): get its handle: " in (ready)
+    assert "NVML_ERROR_GPU_IS_LOST" in ready
+    assert hopper.geometry(0) == EXPECTED
+    state = json.loads(Path(hopper.env["MIGRESTORE_STATE"]).read_text())
+    assert state["result"] == "partial" and state["gpus"][1]["error"]["failed"] == "get its handle"
+    assert hopper.daemon is not None and hopper.daemon.poll() is None  # still watching
+    # the GPU is back: the next pass (here a reload) restores it
+    hopper.sim("recover", hopper.state, "--gpu", "1")
+    mark = len(hopper.notify.messages)
+    hopper.daemon.send_signal(signal.SIGHUP)
+    msg = hopper.notify.wait_for("READY=1", after=mark)
+    assert "reloaded: restored 1 GPU" in msg, msg
+    assert hopper.geometry(1) == EXPECTED
+    code, err = hopper.stop_daemon()
+    assert code == 0
+    (sick,) = [line for line in err.splitlines() if line.startswith("<3>gpu_sick gpu=1 ")]
+    assert "error=NVML_ERROR_GPU_IS_LOST" in sick and 'pci_bus_id="unknown' in sick

@@ -410,12 +410,54 @@ def test_observe_failure_is_translated() -> None:
     with Nvml(Simulated("h100-80gb-hbm3")) as nv:
         (gpu,) = nv.observe()
         assert nv.backend.attached
-        nv.backend.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_GPU_IS_LOST")
+        nv.backend.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_MEMORY")
         with pytest.raises(NvmlError) as info:
             nv.observe()
-        assert info.value.nvml_error == "NVML_ERROR_GPU_IS_LOST"
-        assert info.value.code == 15
-        assert str(info.value) == f"GPU 0 ({gpu.uuid}): read the MIG mode: NVML_ERROR_GPU_IS_LOST"
+        assert info.value.nvml_error == "NVML_ERROR_MEMORY"
+        assert info.value.code == 20
+        assert str(info.value) == f"GPU 0 ({gpu.uuid}): read the MIG mode: NVML_ERROR_MEMORY"
+
+
+def test_a_sick_read_that_fails_once_is_read_again() -> None:
+    with Nvml(Simulated("h100-80gb-hbm3:2")) as nv:
+        nv.observe()
+        nv.backend.simulator.fail("nvmlDeviceGetMigMode", 1, "NVML_ERROR_GPU_IS_LOST")
+        assert [g.sick for g in nv.observe()] == [False, False]
+
+
+def test_a_gpu_whose_reads_keep_failing_is_observed_sick_with_what_was_read() -> None:
+    with Nvml(Simulated("h100-80gb-hbm3:3")) as nv:
+        before = nv.observe()
+        sim = nv.backend.simulator
+        sim.lose(1, "NVML_ERROR_IRQ_ISSUE")  # after its handle and identity were read
+        after = nv.observe()
+        assert [g.sick for g in after] == [False, True, False]
+        ident = after[1].identity
+        assert (ident.index, ident.uuid, ident.pci_bus_id) == (
+            1,
+            before[1].uuid,
+            before[1].identity.pci_bus_id,
+        )
+        assert (ident.error, ident.failed) == ("NVML_ERROR_IRQ_ISSUE", "read the MIG mode")
+        assert ident.describe_sick() == (
+            f"GPU 1 ({ident.pci_bus_id}): read the MIG mode: NVML_ERROR_IRQ_ISSUE"
+        )
+        assert after[1].instances == () and not after[1].mig_current
+
+
+def test_a_gpu_without_a_handle_is_observed_by_index_only() -> None:
+    with Nvml(Simulated("h100-80gb-hbm3:8")) as nv:
+        nv.backend.simulator.lose(3)
+        observed = nv.observe()
+        assert [g.index for g in observed] == list(range(8))
+        sick = observed[3]
+        assert sick.sick and sick.label() == "3 (UUID unreadable)"
+        assert (sick.uuid, sick.identity.pci_bus_id) == ("", "")
+        assert (sick.identity.error, sick.identity.failed) == (
+            "NVML_ERROR_GPU_IS_LOST",
+            "get its handle",
+        )
+        assert all(not g.sick and g.uuid for i, g in enumerate(observed) if i != 3)
 
 
 def test_gpu_without_mig_is_observed_as_not_capable() -> None:

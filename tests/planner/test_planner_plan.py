@@ -19,6 +19,7 @@ from migrestore.model import (
     CreateGi,
     DestroyCi,
     DestroyGi,
+    GpuIdentity,
     GpuInstance,
     GpuSpec,
     GpuState,
@@ -156,17 +157,83 @@ def test_gpu_not_mig_capable() -> None:
 # --------------------------------------------------------------------------- matching
 
 
-def test_a_declared_gpu_that_is_not_observed() -> None:
-    with pytest.raises(InfeasibleError) as info:
-        plan({"GPU-gone": BALANCED}, [balanced(0)])
-    assert str(info.value) == (
-        "GPU GPU-gone: is declared but the driver does not show it (check `nvidia-smi -L` "
-        "and the kernel log for the GPU); nothing was changed"
-    )
-    gone = GpuSpec(True, BALANCED.instances, source="/etc/migrestore.yaml:9")
-    with pytest.raises(InfeasibleError) as info:
-        plan({"GPU-gone": gone}, [balanced(0)])
-    assert info.value.where == "/etc/migrestore.yaml:9"
+def sick(index: int, error: str, failed: str, uuid: str = "", bus: str = "") -> GpuState:
+    """A GPU NVML cannot read, as ``nvml.observe`` gives it."""
+    ident = GpuIdentity(index, uuid, bus, 0, "", "unknown", False, 0, error, failed)
+    return GpuState(ident, False, False, (), ())
+
+
+MISSING_FIX = "(check `nvidia-smi -L` and the kernel log for the GPU)"
+U0 = make_gpu(0, H100).uuid
+U1 = make_gpu(1, H100).uuid
+
+
+@pytest.mark.parametrize(
+    "desired, observed, unrestored, planned",
+    [
+        pytest.param(
+            {"GPU-gone": BALANCED},
+            [balanced(0)],
+            [f"GPU GPU-gone is declared but NVML does not list it readable {MISSING_FIX}"],
+            [],
+            id="declared-missing",
+        ),
+        pytest.param(
+            {
+                "GPU-gone": GpuSpec(True, BALANCED.instances, source="/etc/migrestore.yaml:9"),
+                U0: ONE,
+            },
+            [make_gpu(0, H100, current=False)],
+            [
+                "/etc/migrestore.yaml:9: GPU GPU-gone is declared but NVML does not list it "
+                f"readable {MISSING_FIX}"
+            ],
+            [0],
+            id="declared-missing-with-its-rule-others-planned",
+        ),
+        pytest.param(
+            {U0: ONE},
+            [
+                make_gpu(0, H100, current=False),
+                sick(1, "NVML_ERROR_GPU_IS_LOST", "get its handle"),
+            ],
+            ["GPU 1 (bus id unknown): get its handle: NVML_ERROR_GPU_IS_LOST; left as it is"],
+            [0],
+            id="lost-without-handle",
+        ),
+        pytest.param(
+            {U0: ONE, U1: ONE},
+            [
+                make_gpu(0, H100, current=False),
+                sick(1, "NVML_ERROR_IRQ_ISSUE", "read the MIG mode", U1, "0000:2A:00.0"),
+            ],
+            [
+                "GPU 1 (0000:2A:00.0): read the MIG mode: NVML_ERROR_IRQ_ISSUE; left as it is",
+                f"GPU {U1} is declared but NVML does not list it readable {MISSING_FIX}",
+            ],
+            [0],
+            id="declared-and-sick",
+        ),
+        pytest.param(
+            {},
+            [sick(0, "NVML_ERROR_UNKNOWN", "get its handle")],
+            ["GPU 0 (bus id unknown): get its handle: NVML_ERROR_UNKNOWN; left as it is"],
+            [],
+            id="sick-and-no-rule",
+        ),
+        pytest.param({U0: ONE}, [make_gpu(0, H100, current=False)], [], [0], id="none"),
+    ],
+)
+def test_sick_and_missing_gpus_are_reported_and_the_others_planned(
+    desired: Dict[str, Optional[GpuSpec]],
+    observed: List[GpuState],
+    unrestored: List[str],
+    planned: List[int],
+) -> None:
+    p = plan(desired, observed)
+    assert list(p.unrestored) == unrestored
+    assert sorted({a.gpu_index for a in p.actions}) == planned
+    assert all(not g.gpu == "" for g in p.gpus)  # a sick GPU gets no GpuPlan
 
 
 def test_an_infeasible_gpu_rejects_the_whole_plan() -> None:
