@@ -105,6 +105,7 @@ def test_build_state_schema() -> None:
         "units": {"stopped": ["nvidia-dcgm.service"], "start_failed": []},
         "hooks_failed": [],
         "unmatched": ["2 (GPU-cccc)"],
+        "unrestored": [],
         "gpus": [
             {
                 "index": 0,
@@ -115,6 +116,7 @@ def test_build_state_schema() -> None:
                 "mig": {"current": True, "pending": True},
                 "converged": True,
                 "problem": None,
+                "error": None,
                 "instances": [
                     {
                         "gi_id": 2,
@@ -149,6 +151,7 @@ def test_build_state_schema() -> None:
                 "mig": {"current": True, "pending": True},
                 "converged": False,
                 "problem": "MIG mode pending a reset",
+                "error": None,
                 "instances": [],
             },
         ],
