@@ -10,6 +10,9 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
    apply, verify, start exactly those units again (--no-block), hooks, CDI refresh.
 4. READY=1 with a one-line STATUS= summary; write the state file, then the metrics
    file (publish.Publisher; a metrics file that cannot be written is one warning).
+   A partial pass (a sick or missing GPU, engine rule 7) is READY too, its STATUS=
+   naming the GPU and the error; the watch goes on and restores the GPU once NVML
+   reads it again. ``--once`` exits 75 (EXIT_PARTIAL) after it.
 5. Watch: every ``drift.interval`` and on SIGHUP (which also reloads the config; a
    bad new config is reported and the old one kept) one tick observes and decides once
    (``engine.look``); drift is restored with that decision, or only reported, per
@@ -44,6 +47,7 @@ from migrestore import backend, engine, logs, metrics, publish, render
 from migrestore import config as configmod
 from migrestore.errors import (
     EXIT_OK,
+    EXIT_PARTIAL,
     ConfigError,
     DriverUnavailable,
     InfeasibleError,
@@ -516,7 +520,7 @@ def run(
             daemon.write_state(RunResult.FAILED, str(exc), daemon.observed_now(), error=exc)
             return exc.exit_code
         if once:
-            return EXIT_OK
+            return EXIT_PARTIAL if daemon.unrestored else EXIT_OK
         # Start-up is over (cli rule 4): what it built lives to the end, so it moves
         # out of the collector's way, and the long watch collects as usual.
         gc.freeze()
