@@ -45,10 +45,11 @@ Rules:
    share a memory slice, so a profile whose every possible placement overlaps the GIs
    found already has none (a GPU that seven 1g.10gb fill needs one GI list, not seven;
    each list is a ~0.36 ms driver call on an H100).
-10. One sick GPU never fails the observation of the others. A GPU whose handle or
-    reads fail with an error that says the GPU itself is unwell (``SICK``: GPU_IS_LOST,
-    IRQ_ISSUE, UNKNOWN..., what nvml.h lists for ``nvmlDeviceGetHandleByIndex_v2`` and
-    the device reads) is read once more; failing again, it is observed as sick
+10. One sick GPU never fails the observation of the others. A GPU whose handle,
+    identity or MIG mode reads fail with an error that says the GPU itself is unwell
+    (``SICK``: GPU_IS_LOST, IRQ_ISSUE, UNKNOWN..., what nvml.h lists for
+    ``nvmlDeviceGetHandleByIndex_v2`` and the device reads) is read once more; failing
+    again, it is observed as sick
     (``GpuIdentity.error`` and ``failed``; its UUID and PCI bus id when they were read
     before the failure, else "": without a handle NVML gives neither) and stays so for
     the session. Any other error still fails the observation.
@@ -647,21 +648,26 @@ class Nvml:
     # ------------------------------------------------------------------ observe
 
     def _observe_one(self, gpu: _Gpu, devices: bool, tolerant: bool) -> GpuState:
-        """One GPU of ``observe``; a sick one (rule 10) is observed as such, not raised."""
+        """One GPU of ``observe``; a sick one (rule 10: its MIG mode, the first read of
+        every observation, fails twice) is observed as such, not raised. The reads after
+        it (profile tables, instances) fail the observation as before (rule 3)."""
         if not gpu.error:
             try:
-                return self._observe(gpu, devices, tolerant)
+                mode = self._mig_mode(gpu)
             except NvmlError as err:
                 if err.nvml_error not in SICK:
                     raise
-            try:  # once more: a read that fails once by chance is not a sick GPU
-                return self._observe(gpu, devices, tolerant)
-            except NvmlError as err:
-                if err.nvml_error not in SICK:
-                    raise
-                prefix = gpu.label + ": "
-                gpu.error = err.nvml_error
-                gpu.failed = err.what[len(prefix) :] if err.what.startswith(prefix) else err.what
+                try:  # once more: a read that fails once by chance is not a sick GPU
+                    mode = self._mig_mode(gpu)
+                except NvmlError as again:
+                    if again.nvml_error not in SICK:
+                        raise
+                    prefix = gpu.label + ": "
+                    what = again.what
+                    gpu.error = again.nvml_error
+                    gpu.failed = what[len(prefix) :] if what.startswith(prefix) else what
+            if not gpu.error:
+                return self._observe(gpu, devices, tolerant, (mode,))
         identity = GpuIdentity(
             index=gpu.index,
             uuid=gpu.uuid,
@@ -676,10 +682,17 @@ class Nvml:
         )
         return GpuState(identity, False, False, (), ())
 
-    def _observe(self, gpu: _Gpu, devices: bool = True, tolerant: bool = False) -> GpuState:
+    def _observe(
+        self,
+        gpu: _Gpu,
+        devices: bool = True,
+        tolerant: bool = False,
+        known: Optional[Tuple[Optional[Tuple[bool, bool]]]] = None,
+    ) -> GpuState:
         """One GPU's state; ``tolerant``: an instance that vanishes while it is read is
-        left out (else its error is raised)."""
-        mode = self._mig_mode(gpu)
+        left out (else its error is raised); ``known``: ``(the MIG mode,)`` when it was
+        read already (``_observe_one``)."""
+        mode = known[0] if known is not None else self._mig_mode(gpu)
         capable = mode is not None
         current, pending = mode if mode is not None else (False, False)
         identity = GpuIdentity(
