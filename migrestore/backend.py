@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
 from migrestore import lock, statefile
 from migrestore.errors import NvmlError
@@ -37,6 +37,7 @@ from migrestore.proc import describe_argv, run_bounded
 
 if TYPE_CHECKING:
     from migrestore.simulator import Simulator
+    from migrestore.tables import ModelTable
 
 __all__ = [
     "RESET_TIMEOUT",
@@ -45,6 +46,7 @@ __all__ = [
     "Simulated",
     "choose",
     "lock_path",
+    "model_table",
     "run_reset_tool",
     "state_path",
 ]
@@ -165,6 +167,22 @@ class Simulated:
 
 
 Backend = Union[Hardware, Simulated]
+
+
+def model_table(model_name: str) -> Tuple[ModelTable, str]:
+    """The table of ``model_name`` for ``validate --model`` (no GPU at all), and what it
+    is: migrestore's bundled table when it ships the model, else the simulator's.
+
+    Raises:
+        MigrestoreError: neither migrestore nor the simulator knows the model.
+    """
+    from migrestore import tables
+
+    if model_name in tables.MODEL_NAMES:
+        return tables.model(model_name), "bundled table"
+    from migrestore.simulator import models as simmodels
+
+    return simmodels.table(model_name), "simulator table, some values inferred"
 
 
 def choose(simulate: Optional[str], reset_timeout: float = RESET_TIMEOUT) -> Backend:

@@ -484,9 +484,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path = _config_path(args)
     cfg = configmod.load(path, args.select)
     if args.model:
-        from migrestore import validate
+        from migrestore import backend, validate
 
-        lines = validate.against_model(cfg, args.model)
+        table, kind = backend.model_table(args.model)
+        lines = validate.against_model(cfg, args.model, table, kind)
         for line in lines:
             sys.stdout.write(line + "\n")
         sys.stdout.write(f"{path}: valid for {args.model}\n")

@@ -5,16 +5,16 @@ Rules:
 1. Pure (tables are package data); every rule that could match a GPU of the model is
    checked with the same solver the planner uses, so ``validate --model`` and ``apply``
    agree.
-2. The table is migrestore's bundled one when it ships the model, else the simulator's
-   (``migrestore.simulator.models``: every model the simulator knows, some values inferred
-   by rules ``docs/SIMULATOR.md`` lists), and the output says which. On a machine with
-   GPUs neither is used: the GPU is the authority.
+2. The table is given by the caller (``backend.model_table``): migrestore's bundled one
+   when it ships the model, else the simulator's (every model the simulator knows, some
+   values inferred by rules ``docs/SIMULATOR.md`` lists), and the output says which. On
+   a machine with GPUs neither is used: the GPU is the authority.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import List, Tuple
+from typing import List
 
 from migrestore import placement, tables
 from migrestore.config import check_rule, parse_device_filter
@@ -40,27 +40,13 @@ def _rule_applies(rule: Rule, table: tables.ModelTable) -> bool:
     return all(_may_match(s, table) for s in rule.match)
 
 
-def model_table(model_name: str) -> Tuple[tables.ModelTable, str]:
-    """The table of ``model_name`` and what it is (rule 2).
-
-    Raises:
-        MigrestoreError: neither migrestore nor the simulator knows the model.
-    """
-    if model_name in tables.MODEL_NAMES:
-        return tables.model(model_name), "bundled table"
-    from migrestore.simulator import models as simmodels
-
-    return simmodels.table(model_name), "simulator table, some values inferred"
-
-
-def against_model(cfg: Config, model_name: str) -> List[str]:
-    """Check every rule that can match ``model_name``; return one line per rule.
+def against_model(cfg: Config, model_name: str, table: tables.ModelTable, kind: str) -> List[str]:
+    """Check every rule that can match ``model_name`` (whose table is ``table``, ``kind``
+    saying which, rule 2); return one line per rule.
 
     Raises:
         InfeasibleError: a rule's layout cannot exist on this model.
-        MigrestoreError: unknown model name.
     """
-    table, kind = model_table(model_name)
     lines: List[str] = []
     gpu = f"{model_name} ({kind})"
     for number, rule in enumerate(cfg.rules):
