@@ -283,6 +283,20 @@ class _Gpu:
     def label(self) -> str:
         return f"GPU {self.index} ({self.uuid})" if self.uuid else f"GPU {self.index}"
 
+    def identity(self, mig_capable: bool) -> GpuIdentity:
+        return GpuIdentity(
+            index=self.index,
+            uuid=self.uuid,
+            pci_bus_id=self.pci_bus_id,
+            pci_device_id=self.pci_device_id,
+            name=self.name,
+            architecture=self.architecture,
+            mig_capable=mig_capable,
+            pci_subsystem_id=self.pci_subsystem_id,
+            error=self.error,
+            failed=self.failed,
+        )
+
 
 class Nvml:
     """One NVML session over every GPU of the node (or of the simulator).
@@ -668,19 +682,7 @@ class Nvml:
                     gpu.failed = what[len(prefix) :] if what.startswith(prefix) else what
             if not gpu.error:
                 return self._observe(gpu, devices, tolerant, (mode,))
-        identity = GpuIdentity(
-            index=gpu.index,
-            uuid=gpu.uuid,
-            pci_bus_id=gpu.pci_bus_id,
-            pci_device_id=gpu.pci_device_id,
-            name=gpu.name,
-            architecture=gpu.architecture,
-            mig_capable=False,
-            pci_subsystem_id=gpu.pci_subsystem_id,
-            error=gpu.error,
-            failed=gpu.failed,
-        )
-        return GpuState(identity, False, False, (), ())
+        return GpuState(gpu.identity(mig_capable=False), False, False, (), ())
 
     def _observe(
         self,
@@ -695,16 +697,7 @@ class Nvml:
         mode = known[0] if known is not None else self._mig_mode(gpu)
         capable = mode is not None
         current, pending = mode if mode is not None else (False, False)
-        identity = GpuIdentity(
-            index=gpu.index,
-            uuid=gpu.uuid,
-            pci_bus_id=gpu.pci_bus_id,
-            pci_device_id=gpu.pci_device_id,
-            name=gpu.name,
-            architecture=gpu.architecture,
-            mig_capable=capable,
-            pci_subsystem_id=gpu.pci_subsystem_id,
-        )
+        identity = gpu.identity(mig_capable=capable)
         if not capable:
             return GpuState(identity, False, False, (), ())
         self._load_table(gpu, current)
