@@ -4,7 +4,9 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
 
 1. Load and validate the config. Invalid: one journal line naming file:line, STATUS=,
    exit 78, nothing touched.
-2. Wait for the driver, bounded (``driver-wait``), saying so in STATUS=; give up: 69.
+2. Ask systemd for the time the driver wait, the lock wait and the reads may take
+   (EXTEND_TIMEOUT_USEC), then wait for the driver, bounded (``driver-wait``), saying so
+   in STATUS=; give up: 69.
 3. Under the GPU lock, converge (engine.converge): converged already means READY at once
    with no unit stopped and no GPU touched; otherwise stop the active client units,
    apply, verify, start exactly those units again (--no-block), hooks, CDI refresh.
@@ -18,9 +20,13 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
    (``engine.look``); drift is restored with that decision, or only reported, per
    ``drift.policy``; a tick that finds nothing to change rewrites the metrics file
    alone. WATCHDOG=1 when systemd asks for it, also during a tick (a thread pings
-   within the budget the tick declares, ``_Keepalive``). SIGTERM exits 0 and leaves
+   within the budget the tick declares, ``_Guard``). SIGTERM exits 0 and leaves
    the geometry as it is; it also ends a wait for the driver or for the GPU lock at
-   once, with nothing changed (``Cancelled``).
+   once, with nothing changed (``Cancelled``). SIGTERM during a pass lets the pass run
+   to its end, every step bounded (a GPU reset cannot be cut short, and a geometry
+   left half-made is worse than a late stop), starting the clients it stopped; at once, STOPPING=1 and EXTEND_TIMEOUT_USEC ask
+   systemd for what the pass declared it still needs, so ``TimeoutStopSec=`` does not
+   kill it mid-reset (issue 12 item 2; docs/SYSTEMD.md has the arithmetic).
 
 Rules: NVML is open only for a pass, a watch tick or a reload check, and shut down
 after (issue 12 item 1): a process with NVML initialised holds /dev/nvidiactl, the GPUs'
@@ -41,7 +47,7 @@ import select
 import signal
 import threading
 import time
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from migrestore import backend, engine, logs, metrics, publish, render
 from migrestore import config as configmod
@@ -58,12 +64,16 @@ from migrestore.lock import Cancelled, GpuLock
 from migrestore.model import Config, DriftPolicy, GpuState, RunResult
 from migrestore.notify import Notifier
 from migrestore.nvml import Nvml
-from migrestore.services import Systemctl
+from migrestore.services import QUERY_TIMEOUT, Systemctl
 
 DRIVER_POLL = 1.0  # seconds between NVML init attempts while waiting for the driver
 LOCK_TIMEOUT = 120.0  # seconds to wait for a concurrent 'migrestore apply'
 # What a watch tick may take before the pass extends it: the lock wait and the reads.
 TICK_BUDGET = LOCK_TIMEOUT + 60.0
+# What a pass SIGTERM landed in needs beyond its declared budget: starting the client
+# units it stopped again (``systemctl start --no-block``, each bounded by
+# services.QUERY_TIMEOUT) and writing the state file. Per client unit, plus this.
+STOP_MARGIN = 30.0
 
 
 class _Signals:
@@ -72,6 +82,7 @@ class _Signals:
     def __init__(self) -> None:
         self.reload = False
         self.stop = False
+        self.guard: Optional[_Guard] = None  # the running pass's guard, woken on SIGTERM
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
@@ -85,6 +96,9 @@ class _Signals:
 
     def _on_term(self, _signum: int, _frame: Any) -> None:
         self.stop = True
+        guard = self.guard
+        if guard is not None:
+            guard.poke()
 
     def wait(self, timeout: float) -> None:
         """Sleep until a signal arrives or ``timeout`` passes."""
@@ -104,32 +118,75 @@ class _Signals:
         os.close(self.write_fd)
 
 
-class _Keepalive:
-    """WATCHDOG=1 from a thread while a watch-loop tick or reload runs (a restore can take
-    longer than the watchdog interval; issue 13 finding 5), but only within the budget
-    the tick declared: ``TICK_BUDGET`` for its lock wait and reads, extended by the pass
-    before each slow step (``Daemon.extend``). A tick stuck past its budget is no longer
-    pinged, so systemd's watchdog still catches a hang."""
+class _Guard:
+    """A thread beside every pass (the start, a watch tick, a reload; issue 12 item 2).
 
-    def __init__(self, notifier: Notifier, interval: float, budget: float) -> None:
+    * ``WATCHDOG=1`` every ``interval`` (watch ticks: a restore can take longer than
+      the watchdog interval, issue 13 finding 5), but only within the budget the pass
+      declared: ``TICK_BUDGET`` for its lock wait and reads, extended by the pass before
+      each slow step (``Daemon.extend``). A pass stuck past its budget is no longer
+      pinged, so systemd's watchdog still catches a hang.
+    * SIGTERM during the pass (``poke``): the pass runs to its end, every step bounded
+      (a client stop or a GPU reset under way cannot be cut short), and starts the
+      clients it stopped. The thread says ``STOPPING=1`` and ``EXTEND_TIMEOUT_USEC`` for what is left of the
+      declared budget plus ``margin`` (``Daemon.stop_margin``), so systemd's stop timeout does not kill the
+      daemon mid-reset or with client units left stopped. Each later ``Daemon.extend``
+      of the pass extends the stop timeout in the same way.
+
+    The signal handler only writes a byte to the thread's pipe: it runs on the main
+    thread, which may hold the notifier's lock, so it never sends itself."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        interval: Optional[float],
+        budget: float,
+        stop_requested: Callable[[], bool],
+        margin: float = STOP_MARGIN,
+    ) -> None:
         self.notifier = notifier
         self.interval = interval
+        self.stop_requested = stop_requested
+        self.margin = margin
         self.deadline = time.monotonic() + budget
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self._done = False
+        self._stopped = False
+        self._read_fd, self.poke_fd = os.pipe()
+        os.set_blocking(self.poke_fd, False)
+        self._thread = threading.Thread(target=self._run, name="pass-guard", daemon=True)
         self._thread.start()
 
     def extend(self, seconds: float) -> None:
         self.deadline = max(self.deadline, time.monotonic() + seconds)
 
+    def poke(self) -> None:
+        """Wake the thread (async-signal-safe: one write, no lock)."""
+        with contextlib.suppress(OSError):  # a full pipe is awake already
+            os.write(self.poke_fd, b"x")
+
     def _run(self) -> None:
-        while not self._done.wait(self.interval):
-            if time.monotonic() < self.deadline:
+        while True:
+            with contextlib.suppress(InterruptedError):
+                ready, _, _ = select.select([self._read_fd], [], [], self.interval)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._read_fd, 512)
+            if self._done:
+                return
+            if self.stop_requested() and not self._stopped:
+                self._stopped = True
+                left = max(0.0, self.deadline - time.monotonic())
+                self.notifier.stopping()
+                self.notifier.extend_timeout(left + self.margin)
+            if not ready and self.interval is not None and time.monotonic() < self.deadline:
                 self.notifier.watchdog()
 
     def close(self) -> None:
-        self._done.set()
+        self._done = True
+        self.poke()
         self._thread.join()
+        os.close(self._read_fd)
+        os.close(self.poke_fd)
 
 
 class Daemon:
@@ -158,7 +215,7 @@ class Daemon:
         self.summary = ""  # the last one-line STATUS= summary
         self.unrestored: Tuple[str, ...] = ()  # the GPUs the last pass could not restore
         self.signals: Optional[_Signals] = None  # SIGTERM cuts the waits short
-        self.keepalive: Optional[_Keepalive] = None  # while a watch tick runs
+        self.guard: Optional[_Guard] = None  # while a pass, a watch tick or a reload runs
         self.publisher = publish.Publisher(
             self.state_path,
             metrics.textfile_path(cfg.metrics_textfile, simulate),
@@ -184,20 +241,30 @@ class Daemon:
         """The pass asks for ``seconds`` more before a slow step: systemd's start (or
         reload) timeout, and the watchdog keepalive of a watch tick."""
         self.notifier.extend_timeout(seconds)
-        if self.keepalive is not None:
-            self.keepalive.extend(seconds)
+        if self.guard is not None:
+            self.guard.extend(seconds)
+
+    def stop_margin(self) -> float:
+        """Seconds a pass cut by SIGTERM needs after its declared budget (STOP_MARGIN)."""
+        return STOP_MARGIN + QUERY_TIMEOUT * len(self.cfg.clients)
 
     @contextlib.contextmanager
-    def keeping_alive(self, interval: Optional[float]) -> Iterator[None]:
-        if interval is None:
-            yield
-            return
-        self.keepalive = _Keepalive(self.notifier, interval, TICK_BUDGET)
+    def guarded(self, interval: Optional[float]) -> Iterator[None]:
+        """A pass (or tick, or reload) with its ``_Guard``; ``interval``: the watchdog
+        ping interval, None before READY (systemd's watchdog starts with READY=1)."""
+        guard = _Guard(
+            self.notifier, interval, TICK_BUDGET, self.stop_requested, self.stop_margin()
+        )
+        self.guard = guard
+        if self.signals is not None:
+            self.signals.guard = guard
         try:
             yield
         finally:
-            keepalive, self.keepalive = self.keepalive, None
-            keepalive.close()
+            self.guard = None
+            if self.signals is not None:
+                self.signals.guard = None
+            guard.close()
 
     def lock(self) -> GpuLock:
         """The GPU lock; SIGTERM ends the wait for it (Cancelled), nothing done."""
@@ -315,6 +382,9 @@ class Daemon:
         """Steps 2-4. Returns an exit code on failure, None when READY was sent."""
         self.notifier.status("waiting for NVIDIA driver")
         if self.nv is None:
+            # systemd's start timeout covers the bounded driver wait, the lock wait and
+            # the reads; every slower step of the pass asks for its own time
+            self.extend(self.cfg.driver_wait + TICK_BUDGET)
             # the driver is up once NVML initialises; this session ends at once (the
             # pass opens its own after taking the GPU lock)
             nv = self.wait_for_driver()
@@ -323,7 +393,7 @@ class Daemon:
             finally:
                 self.shut(nv)
         self.notifier.status("observing GPUs")
-        with self.lock(), self.session() as nv:
+        with self.guarded(None), self.lock(), self.session() as nv:
             outcome = self.converge_locked()
             summary = self.summary = outcome.summary()
             self.unrestored = outcome.plan.unrestored
@@ -442,12 +512,12 @@ class Daemon:
             try:
                 if signals.reload:
                     signals.reload = False
-                    with self.keeping_alive(watchdog):
+                    with self.guarded(watchdog):
                         self.reload()
                     interval = self.cfg.drift_interval
                     next_check = time.monotonic() + interval
                 elif time.monotonic() >= next_check:
-                    with self.keeping_alive(watchdog):
+                    with self.guarded(watchdog):
                         self.check("interval")
                     next_check = time.monotonic() + interval
             except Cancelled:

@@ -3,6 +3,7 @@ promises checked against the code (paths it must leave writable, exit codes, cli
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from migrestore import cdi, errors, lock, model, statefile
+from migrestore import backend, cdi, daemon, errors, lock, model, services, statefile
 from migrestore.metrics import DEFAULT_TEXTFILE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,6 +179,32 @@ def test_bounded_start_and_restart_policy() -> None:
     assert str(errors.EXIT_UNAVAILABLE) not in prevent  # a late driver may come
     assert one("Unit", "StartLimitBurst")
     assert one("Service", "WatchdogSec")
+
+
+def seconds(value: str) -> float:
+    """A systemd time span as the unit writes it: "600", "180s" or "5min"."""
+    match = re.fullmatch(r"(\d+)(s|min)?", value)
+    assert match, value
+    return int(match.group(1)) * (60 if match.group(2) == "min" else 1)
+
+
+def test_the_timeouts_match_the_bounded_steps() -> None:
+    """Issue 12 item 2: every timeout of the unit covers the bounded step it can catch
+    under way, with the default settings; longer settings ask for their own time
+    (EXTEND_TIMEOUT_USEC, tests/reliability/test_signals.py rule 6)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(model.Config)}
+    # the start: its first message asks for the driver wait and the lock wait, so
+    # TimeoutStartSec= need only cover the default ones
+    start = seconds(one("Service", "TimeoutStartSec"))
+    assert start >= defaults["driver_wait"] + daemon.TICK_BUDGET
+    # the stop: SIGTERM lands in the longest single step (a reset), then one client
+    # unit is started again; the daemon asks for more when its pass declared more
+    longest_step = max(backend.RESET_TIMEOUT, defaults["unit_timeout"], defaults["cdi_timeout"])
+    stop = seconds(one("Service", "TimeoutStopSec"))
+    assert stop >= longest_step + daemon.STOP_MARGIN + services.QUERY_TIMEOUT
+    # the watchdog: a tick is pinged for as long as it declared, so a tick that
+    # outlives TICK_BUDGET + WatchdogSec= without declaring more is a hang
+    assert seconds(one("Service", "WatchdogSec")) > daemon.TICK_BUDGET
 
 
 def test_conflicts_with_mig_manager_and_is_ordered_against_it() -> None:

@@ -16,6 +16,11 @@ Rules:
    the reload's pre-check cannot read the GPUs.
 5. The watch loop pings the watchdog during a restore longer than the watchdog interval
    (scaled down: WATCHDOG_USEC=1s and a restore of over 2 s, as 4 s and 7 s).
+6. The timeouts match the bounded steps (issue 12 item 2): the start asks systemd for
+   the driver wait and the lock wait before it waits; SIGTERM while the start's pass
+   waits for a client stop says STOPPING=1 and asks for what the pass declared it still
+   needs at once (systemd's TimeoutStopSec= would otherwise kill it mid-step, with the
+   client units left stopped); the pass then ends, the units run again, exit 0.
 """
 
 from __future__ import annotations
@@ -277,3 +282,63 @@ def test_the_watchdog_is_pinged_during_a_long_restore(
     node.sim("latency", node.state, "--all", "--us", "0")  # the next ticks are quick
     assert node.stop_daemon(timeout=2 * BOUND)[0] == 0
     assert gaps and max(gaps) < 1.0, f"a gap of {max(gaps or [0]):.2f} s between pings"
+
+
+# --------------------------------------------------------------------------- rule 6
+
+
+def _extensions(messages: List[str]) -> List[float]:
+    """The EXTEND_TIMEOUT_USEC values of ``messages``, in seconds."""
+    return [
+        int(line.split("=", 1)[1]) / 1e6
+        for message in messages
+        for line in message.splitlines()
+        if line.startswith("EXTEND_TIMEOUT_USEC=")
+    ]
+
+
+def test_the_start_asks_for_the_driver_wait_before_it_waits(node: Node) -> None:
+    daemon = subprocess.Popen(
+        [*_daemon_argv(node, simulate=False), "--log-format", "journal", "daemon"],
+        env=node.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    node.daemon = daemon
+    node.notify.wait_for("STATUS=waiting for NVIDIA driver")
+    daemon.send_signal(signal.SIGTERM)
+    _out, err = daemon.communicate(timeout=BOUND)
+    assert daemon.returncode == 0, err
+    node.notify.drain()
+    # driver-wait: 600 in the config, then the lock wait (120 s) and the reads
+    asked = _extensions(node.notify.messages)
+    assert asked and asked[0] >= 600 + 120, node.notify.messages
+
+
+def test_sigterm_during_a_client_stop_asks_for_the_rest_of_the_pass_and_ends_it(
+    rig: Rig,
+) -> None:
+    rig.write_config(LAYOUT)
+    for gpu, unit in enumerate(UNITS):
+        rig.client(unit, gpu)
+    rig.save_template()  # MIG off: the start's pass has to stop the clients
+    fake = Path(rig.node.env["FAKE_SYSTEMCTL_DIR"])
+    gate, stopping = fake / "stop-gate", fake / "stopping"
+    gate.write_text(UNITS[0])
+    daemon = rig.node.start_daemon()
+    wait_until(stopping.exists, f"the stop of {UNITS[0]}")
+    mark = len(rig.node.notify.messages)
+    daemon.send_signal(signal.SIGTERM)
+    # at once, while the stop is still held: STOPPING=1 and the rest of the budget
+    rig.node.notify.wait_for("STOPPING=1", after=mark)
+    rig.node.notify.wait_for("EXTEND_TIMEOUT_USEC=", after=mark)
+    assert daemon.poll() is None and gate.exists()
+    asked = _extensions(rig.node.notify.messages[mark:])
+    # the pass declared two client stops of 90 s each; about all of it is left
+    assert asked and asked[0] >= 2 * 90, rig.node.notify.messages[mark:]
+    gate.unlink()
+    code, err = rig.node.wait_daemon(timeout=BOUND)
+    assert code == 0, err
+    assert rig.clients_back(timeout=10.0) == []
+    assert "Traceback" not in err
