@@ -273,7 +273,17 @@ class Container:
                 pids = children.read_text().split()
             except OSError:
                 return None
-            return int(pids[0]) if pids else None
+            # nspawn's first child is a helper that forks the container's init and
+            # exits: only a child that runs systemd is PID 1 (a helper taken for it
+            # made every later nsenter fail until the boot wait ran out, now and then)
+            for pid in pids:
+                try:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if comm == "systemd":
+                    return int(pid)
+            return None
 
         try:
             self.pid1 = wait_for("the container's PID 1", pid1, timeout)
