@@ -212,6 +212,9 @@ class Fleet:
             c.wait_unit("ssh.service", ("active",))
             c.wait_unit(n.UNIT, ("active",))
         self.known_hosts.write_text("".join(known))
+        # At exit, after the control masters are closed: every node is asked to power
+        # off before the first is waited for, so the three shut down side by side.
+        self.stack.callback(self.request_poweroff)
         # Runs first at exit: Ansible's SSH control masters (ControlPersist) hold a
         # session open on every node; end them before the nodes power off.
         self.stack.callback(self.close_connections)
@@ -220,6 +223,11 @@ class Fleet:
     def timed(self, what: str) -> None:
         with open(self.workdir / "teardown.log", "a") as log:
             log.write(f"{time.monotonic():.1f} {what}\n")
+
+    def request_poweroff(self) -> None:
+        for node in self.nodes:
+            node.container.request_poweroff()
+        self.timed("power off asked of every node")
 
     def close_connections(self) -> None:
         for socket in self.control_dir.iterdir():

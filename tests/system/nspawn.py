@@ -184,6 +184,7 @@ class Container:
         self.nspawn_args = tuple(nspawn_args)
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.pid1 = 0
+        self.poweroff_requested = False  # asked, not yet waited for (request_poweroff)
         self.boots = 0
         self.boot_seconds: List[float] = []
 
@@ -315,6 +316,14 @@ class Container:
             raise
         self.boot_seconds.append(time.monotonic() - started)
 
+    def request_poweroff(self) -> None:
+        """Ask the container to power off without waiting (``poweroff`` waits): a test
+        with several containers asks all first, so they shut down side by side."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None and not self.poweroff_requested:
+            self.poweroff_requested = True
+            self.run(["systemctl", "poweroff"], check=False, timeout=30)
+
     def poweroff(self, timeout: float = 60.0) -> None:
         """Power off and wait for nspawn; signals only the nspawn process started here."""
         proc = self.proc
@@ -322,7 +331,7 @@ class Container:
             return
         try:
             if proc.poll() is None:
-                self.run(["systemctl", "poweroff"], check=False, timeout=30)
+                self.request_poweroff()
                 try:
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
@@ -335,6 +344,7 @@ class Container:
         finally:
             self.proc = None
             self.pid1 = 0
+            self.poweroff_requested = False
 
     def reboot(self, timeout: float = 90.0) -> None:
         """``systemctl reboot`` inside (nspawn exits 133), then boot again: a new boot id."""
