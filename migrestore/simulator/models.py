@@ -122,7 +122,7 @@ def _rows() -> Dict[str, Any]:
     return document()["models"]  # type: ignore[no-any-return]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(name: str) -> SimModel:
     """One model's ``SimModel``, built the first time it is asked for (rule 5)."""
     row = _rows()[name]

@@ -169,7 +169,7 @@ def _read_all(path: str) -> bytes:
     (rule 4), where a text file object costs three times as much."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
+        chunks: List[bytes] = []
         while True:
             chunk = os.read(fd, 4096)
             if not chunk:
