@@ -8,7 +8,9 @@ Rules:
    live in it. The GPU lock and the state file live where a node keeps them, on a
    tmpfs (``/run`` is one on every systemd node): in a private directory under
    ``/dev/shm``, removed by ``close``, when the machine has one; else in the
-   workspace. (An fsync on a disk would time the disk, which a node never pays.)
+   workspace. The simulator's state files, which stand in for the driver, live there
+   too: NVML writes no file, and an fsync on a disk would time the disk, which a node
+   never pays.
 2. Subprocesses run ``sys.executable`` with ``PYTHONPATH`` set to the repository, the
    way the integration tests run migrestore, with bytecode writing on (an installed
    package ships its bytecode; a run that compiles every module measures the compiler).
@@ -176,7 +178,7 @@ class Workspace:
 
     def converged_state(self, count: int) -> str:
         """A state file of ``count`` H100s already converged to the config."""
-        path = str(self.dir / f"gpus-{count}.json")
+        path = str(self.run_dir / f"gpus-{count}.json")
         with self.boot():
             with contextlib.redirect_stdout(io.StringIO()):
                 code = simcli.main(["init", path, f"{MODEL}:{count}", "--force"])
