@@ -367,7 +367,7 @@ def _gpu_from(
     if index != position:
         raise r.fail(f"{at}.index", f"GPU at position {position} says index {index}")
     model = r.get(g, "model", str, at)
-    if model not in models.model_names():
+    if not models.known(model):
         raise r.fail(
             f"{at}.model",
             f"unknown model {model!r} (known: {', '.join(models.model_names())})",
