@@ -16,6 +16,9 @@ Rules:
    package ships its bytecode; a run that compiles every module measures the compiler).
 3. The notify socket records when each datagram arrived, so "time to READY" is the
    arrival of ``READY=1``, not the moment someone looked.
+4. A command run to its exit also leaves its CPU time (user + system, from
+   ``getrusage`` of the waited child) in ``last_cpu``: queueing for a CPU on a shared
+   machine stretches wall times, not CPU times.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import resource
 import select
 import shutil
 import signal
@@ -133,6 +137,7 @@ class Workspace:
         self.run_dir = _runtime_directory(directory)
         self.env = self._environment()
         self.states: Dict[int, str] = {}
+        self.last_cpu = 0.0  # rule 4
         for count in gpu_counts:
             self.states[count] = self.converged_state(count)
 
@@ -217,6 +222,7 @@ class Workspace:
         The command gets no notify socket: nobody reads it meanwhile, and a full socket
         queue would block a daemon's sd_notify."""
         env = {k: v for k, v in self.env.items() if k != "NOTIFY_SOCKET"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         try:
             done = subprocess.run(
@@ -225,6 +231,8 @@ class Workspace:
         except subprocess.TimeoutExpired:
             raise HarnessError(f"{' '.join(argv)} did not exit within {timeout:.0f}s") from None
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         err = done.stderr.decode(errors="replace")
         if done.returncode != 0:
             raise HarnessError(f"{' '.join(argv)} exited {done.returncode}: {err.strip()[-500:]}")
