@@ -8,12 +8,17 @@ Rules:
    live in it. The GPU lock and the state file live where a node keeps them, on a
    tmpfs (``/run`` is one on every systemd node): in a private directory under
    ``/dev/shm``, removed by ``close``, when the machine has one; else in the
-   workspace. (An fsync on a disk would time the disk, which a node never pays.)
+   workspace. The simulator's state files, which stand in for the driver, live there
+   too: NVML writes no file, and an fsync on a disk would time the disk, which a node
+   never pays.
 2. Subprocesses run ``sys.executable`` with ``PYTHONPATH`` set to the repository, the
    way the integration tests run migrestore, with bytecode writing on (an installed
    package ships its bytecode; a run that compiles every module measures the compiler).
 3. The notify socket records when each datagram arrived, so "time to READY" is the
    arrival of ``READY=1``, not the moment someone looked.
+4. A command run to its exit also leaves its CPU time (user + system, from
+   ``getrusage`` of the waited child) in ``last_cpu``: queueing for a CPU on a shared
+   machine stretches wall times, not CPU times.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import resource
 import select
 import shutil
 import signal
@@ -131,6 +137,7 @@ class Workspace:
         self.run_dir = _runtime_directory(directory)
         self.env = self._environment()
         self.states: Dict[int, str] = {}
+        self.last_cpu = 0.0  # rule 4
         for count in gpu_counts:
             self.states[count] = self.converged_state(count)
 
@@ -176,7 +183,7 @@ class Workspace:
 
     def converged_state(self, count: int) -> str:
         """A state file of ``count`` H100s already converged to the config."""
-        path = str(self.dir / f"gpus-{count}.json")
+        path = str(self.run_dir / f"gpus-{count}.json")
         with self.boot():
             with contextlib.redirect_stdout(io.StringIO()):
                 code = simcli.main(["init", path, f"{MODEL}:{count}", "--force"])
@@ -215,6 +222,7 @@ class Workspace:
         The command gets no notify socket: nobody reads it meanwhile, and a full socket
         queue would block a daemon's sd_notify."""
         env = {k: v for k, v in self.env.items() if k != "NOTIFY_SOCKET"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         try:
             done = subprocess.run(
@@ -223,6 +231,8 @@ class Workspace:
         except subprocess.TimeoutExpired:
             raise HarnessError(f"{' '.join(argv)} did not exit within {timeout:.0f}s") from None
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         err = done.stderr.decode(errors="replace")
         if done.returncode != 0:
             raise HarnessError(f"{' '.join(argv)} exited {done.returncode}: {err.strip()[-500:]}")

@@ -199,14 +199,21 @@ def render(report: Dict[str, Any]) -> str:
 def _render_restart(add: Any, data: Dict[str, Any]) -> None:
     add(f"## 1. Converged restart ({data['rounds']} rounds)")
     add("")
-    add("| run | time | / floor (paired) | / python -c pass (paired) |")
-    add("| --- | --- | --- | --- |")
+    add(
+        "| run | time | / floor (paired) | CPU time | / floor, CPU (paired) "
+        "| / python -c pass (paired) |"
+    )
+    add("| --- | --- | --- | --- | --- | --- |")
     for name, summary in data["times"].items():
         floor = data["ratio_to_floor"].get(name)
         bare = data["ratio_to_pass"].get(name)
+        cpu = data.get("cpu", {}).get(name)
+        cpu_floor = data.get("cpu_ratio_to_floor", {}).get(name)
         add(
             f"| {name} | {fmt_seconds(_summary(summary))} | "
             f"{fmt_ratio(_summary(floor)) if floor else '-'} | "
+            f"{fmt_seconds(_summary(cpu)) if cpu else '-'} | "
+            f"{fmt_ratio(_summary(cpu_floor)) if cpu_floor else '-'} | "
             f"{fmt_ratio(_summary(bare)) if bare else '-'} |"
         )
     add("")

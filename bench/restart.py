@@ -8,6 +8,9 @@ Rules:
    round that fills the bytecode cache and is not counted. Ratios are per round.
 2. The floor is ``python -c "import pynvml, yaml, structlog, sdnotify"``: the interpreter
    plus the imports a converged run cannot avoid. ``python -c pass`` is shown as well.
+   The goal is on wall time; for the commands run to their exit (the floor and
+   ``apply``) the paired ratio of CPU times is given beside it (node rule 4), the
+   steadier figure on a shared machine.
 3. The daemon is timed from ``Popen`` to the arrival of ``READY=1`` on a real notify
    socket; ``apply`` from ``Popen`` to its exit (code 0 required). Both run on state
    files of GPUs that already have the configured geometry, with client units
@@ -76,21 +79,30 @@ def measure(ws: Workspace, counts: Sequence[int], rounds: int) -> Dict[str, Any]
     for _name, run in variants:  # warm-up: bytecode cache, page cache
         run()
     samples: Dict[str, List[float]] = {name: [] for name, _ in variants}
+    cpu: Dict[str, List[float]] = {
+        name: [] for name, _ in variants if not name.startswith("daemon")
+    }
     for r in range(rounds):
         shift = r % len(variants)
         for name, run in variants[shift:] + variants[:shift]:
             samples[name].append(run())
+            if name in cpu:
+                cpu[name].append(ws.last_cpu)
     result: Dict[str, Any] = {
         "rounds": rounds,
         "times": {name: summarize(values).to_json() for name, values in samples.items()},
         "ratio_to_floor": {},
         "ratio_to_pass": {},
+        "cpu": {name: summarize(values).to_json() for name, values in cpu.items()},
+        "cpu_ratio_to_floor": {},
     }
     for name, values in samples.items():
         if name in (PASS, DEPS):
             continue
         result["ratio_to_floor"][name] = paired_ratios(values, samples[DEPS]).to_json()
         result["ratio_to_pass"][name] = paired_ratios(values, samples[PASS]).to_json()
+        if name in cpu:
+            result["cpu_ratio_to_floor"][name] = paired_ratios(cpu[name], cpu[DEPS]).to_json()
     result["ratio_to_pass"][DEPS] = paired_ratios(samples[DEPS], samples[PASS]).to_json()
     return result
 

@@ -1,5 +1,5 @@
 """``python -m migrestore`` runs the command line."""
 
-from migrestore.cli import main
+from migrestore.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

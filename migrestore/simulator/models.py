@@ -15,6 +15,15 @@ Rules:
    the GPU-instance profile count (indices from it answer INVALID_ARGUMENT) and the NVML
    symbols the branch's library does not export.
 4. Unknown model names and branches are operator errors naming the valid ones.
+5. A model's table is built the first time the model is asked for, not every model's at
+   once: a state file of eight H100s builds one table of the 28 (a converged start of
+   migrestore on the simulator pays for one).
+6. A model's entry is parsed alone from the document's text, found by its key in the
+   layout ``tools/gen_models.py`` renders (``tests/sim/test_sim_tables.py`` holds the
+   file to it) and accepted only when it is an object whose ``name`` is the model's;
+   otherwise, and for every question about all models (names, rules), the whole
+   document is parsed. One entry is 1/28 of a 1 MB document: a converged start of
+   migrestore on the simulator does not parse the other 27 (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import functools
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from migrestore import tables
 from migrestore.errors import MigrestoreError
@@ -108,51 +117,76 @@ def data_path() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def document() -> Dict[str, Any]:
-    """The parsed simulator models.json (with ``rules``)."""
+def _text() -> str:
     with open(data_path(), encoding="utf-8") as handle:
-        data: Dict[str, Any] = json.load(handle)
-    return data
+        return handle.read()
 
 
 @functools.lru_cache(maxsize=1)
-def _load() -> Tuple[Tuple[str, SimModel], ...]:
-    bundled = set(tables.MODEL_NAMES)
-    out = []
-    for name, row in document()["models"].items():
-        out.append(
-            (
-                name,
-                SimModel(
-                    name=name,
-                    table=tables.table_from_json(name, row),
-                    pci_device_ids=tuple(int(p, 16) for p in row["pci_device_ids"]),
-                    pci_subsystem_id=int(row["pci_subsystem_id"], 16),
-                    min_branch=int(row["min_branch"]),
-                    bundled=name in bundled,
-                    provenance=dict(row["provenance"]),
-                    notes=tuple(row.get("notes") or ()),
-                ),
-            )
-        )
-    return tuple(out)
+def document() -> Dict[str, Any]:
+    """The parsed simulator models.json (with ``rules``)."""
+    data: Dict[str, Any] = json.loads(_text())
+    return data
+
+
+_DECODER = json.JSONDecoder()
+
+
+@functools.cache
+def _row(name: str) -> Optional[Dict[str, Any]]:
+    """The document's entry of model ``name``, None when there is none (rule 6)."""
+    if document.cache_info().currsize == 0:
+        text = _text()
+        key = "\n  " + json.dumps(name) + ": {"  # a key of "models", in render's layout
+        at = text.find(key)
+        if at >= 0:
+            try:
+                row, _ = _DECODER.raw_decode(text, at + len(key) - 1)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and row.get("name") == name:
+                return row
+    found: Optional[Dict[str, Any]] = document()["models"].get(name)
+    return found
+
+
+@functools.cache
+def _build(name: str) -> SimModel:
+    """One model's ``SimModel``, built the first time it is asked for (rule 5)."""
+    row = _row(name)
+    assert row is not None, name
+    return SimModel(
+        name=name,
+        table=tables.table_from_json(name, row),
+        pci_device_ids=tuple(int(p, 16) for p in row["pci_device_ids"]),
+        pci_subsystem_id=int(row["pci_subsystem_id"], 16),
+        min_branch=int(row["min_branch"]),
+        bundled=name in tables.MODEL_NAMES,
+        provenance=dict(row["provenance"]),
+        notes=tuple(row.get("notes") or ()),
+    )
 
 
 def model_names() -> Tuple[str, ...]:
-    return tuple(name for name, _ in _load())
+    return tuple(document()["models"])
+
+
+def known(name: str) -> bool:
+    """Whether the simulator has a model of this name (rule 6: without parsing every
+    model's entry)."""
+    return _row(name) is not None
 
 
 def all_models() -> Dict[str, SimModel]:
-    return dict(_load())
+    return {name: _build(name) for name in model_names()}
 
 
 def get(name: str) -> SimModel:
     """Raises:
     UnknownSimModel: no simulated model has this name."""
-    for key, found in _load():
-        if key == name:
-            return found
-    raise UnknownSimModel(name)
+    if not known(name):
+        raise UnknownSimModel(name)
+    return _build(name)
 
 
 def table(name: str) -> tables.ModelTable:

@@ -153,13 +153,30 @@ def current_boot_id() -> str:
     if not override and _REAL_BOOT_ID:
         return _REAL_BOOT_ID[0]
     try:
-        with open(override or BOOT_ID_FILE, encoding="ascii", errors="replace") as handle:
-            boot = handle.read().strip()
+        raw = _read_all(override or BOOT_ID_FILE)
     except OSError:
         return ""
+    # as a text file would read it: ASCII with replacement, universal newlines
+    text = raw.decode("ascii", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    boot = text.strip()
     if not override:
         _REAL_BOOT_ID.append(boot)
     return boot
+
+
+def _read_all(path: str) -> bytes:
+    """The whole file, through the descriptor alone: it runs before every simulated call
+    (rule 4), where a text file object costs three times as much."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: List[bytes] = []
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -350,7 +367,7 @@ def _gpu_from(
     if index != position:
         raise r.fail(f"{at}.index", f"GPU at position {position} says index {index}")
     model = r.get(g, "model", str, at)
-    if model not in models.model_names():
+    if not models.known(model):
         raise r.fail(
             f"{at}.model",
             f"unknown model {model!r} (known: {', '.join(models.model_names())})",

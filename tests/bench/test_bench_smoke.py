@@ -54,6 +54,11 @@ def test_smoke_run_reports_every_benchmark(tmp_path: Path) -> None:
     assert _is_summary(restart["times"]["python -c 'import deps'"])
     assert _is_summary(restart["ratio_to_floor"]["apply, 1 GPU"])
     assert _is_summary(restart["ratio_to_floor"]["daemon to READY, 1 GPU"])
+    # the CPU time of the commands run to their exit, and its ratio for apply (not the
+    # daemon's: it is stopped after READY)
+    assert _is_summary(restart["cpu"]["python -c 'import deps'"])
+    assert _is_summary(restart["cpu_ratio_to_floor"]["apply, 1 GPU"])
+    assert "daemon to READY, 1 GPU" not in restart["cpu_ratio_to_floor"]
 
     imports = results["imports"]
     for label in ("apply", "daemon"):

@@ -339,3 +339,24 @@ def test_table_equals_the_real_probe_field_by_field(name: str) -> None:
     for gi in sim["gi_profiles"]:
         for key in (*GI_FIELDS, "placements"):
             assert gi["provenance"][key]["kind"] == "hardware", (name, gi["name"], key)
+
+
+def test_a_model_read_alone_is_the_documents_entry_and_unknown_names_are_unknown() -> None:
+    """models rule 6: the entry found by its key in the rendered text, parsed alone,
+    is the whole document's entry, for every model; a name no model has is unknown
+    (through the whole document) and names the known models."""
+    whole = json.loads((ROOT / "migrestore" / "simulator" / "data" / "models.json").read_text())
+    try:
+        for name, entry in whole["models"].items():
+            models.document.cache_clear()
+            models._row.cache_clear()
+            assert models._row(name) == entry, name
+            assert models.document.cache_info().currsize == 0, f"{name}: parsed whole"
+        for name in ("h100", "rules", "research", '"h100-80gb-hbm3"', ""):
+            assert not models.known(name), name
+        with pytest.raises(models.UnknownSimModel, match="h100-80gb-hbm3"):
+            models.get("h100-80gb")
+    finally:
+        models.document.cache_clear()
+        models._row.cache_clear()
+        models._build.cache_clear()
