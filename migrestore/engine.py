@@ -297,6 +297,8 @@ def converge(
                 decision.observed,
                 log=log,
                 allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
+                # read before an NVSwitch GPU's reset, never stopped (executor rule 8)
+                fabric_manager=lambda: services.fabric_manager_state(ctl),
             )
     # Leaving the block started the stopped units again (rule 4).
     if plan.converged:
