@@ -101,9 +101,10 @@ class RebootNeeded(MigrestoreError):
         self.refused = refused
         self.nvml_error = nvml_error
         self.fix = fix or "reboot the node (or reset the GPU from the host)"
+        # the advice first: systemd's STATUS= shows the start of the line
         super().__init__(
-            f"GPU {gpu}: {refused}: {nvml_error} (PCI bus id {pci_bus_id}); {self.fix} "
-            "to apply the MIG mode change"
+            f"GPU {gpu}: {self.fix} to apply the MIG mode change: {nvml_error}: {refused} "
+            f"(PCI bus id {pci_bus_id})"
         )
 
 

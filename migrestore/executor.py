@@ -314,8 +314,8 @@ class _GpuRun:
             # The platform cannot reset this GPU (a passthrough GPU in a VM): a reset of
             # ours would be refused too, or "succeed" without effect (rule 7).
             raise self.reboot_needed(
-                f"MIG mode {'on' if enabled else 'off'} stays pending: the platform does "
-                "not let the driver reset this GPU (e.g. a passthrough GPU in a VM)",
+                f"MIG mode {'on' if enabled else 'off'} stays pending: the platform lets "
+                "no reset activate it (e.g. a passthrough GPU in a VM)",
                 status,
             )
         raise self.fail(action, status, "NVML did not activate the mode change")
