@@ -155,6 +155,11 @@ class _Resets:
     def bus(self, uuid: str) -> str:
         return self.buses.get(uuid, "unknown")
 
+    def fm_text(self) -> str:
+        """How Fabric Manager's state reads in a message."""
+        state = self.fm_state()
+        return "in a state systemd cannot tell" if state == "unknown" else state
+
     def fm_state(self) -> str:
         """Fabric Manager's unit state, read once ("unknown" when it cannot be read)."""
         with self._lock:
@@ -354,7 +359,7 @@ class _GpuRun:
     def reset_with_peers(self, action: Reset, group: Tuple[str, ...]) -> None:
         """Rule 8: this GPU cannot be reset alone. Raises _GroupReset (the group reset
         after the round does it) or RebootNeeded naming the peers."""
-        fm = self.resets.fm_state()
+        fm = self.resets.fm_text()
         peers = [u for u in group if u != self.uuid]
         if self.resets.may_reset_all(group):
             self.log(
@@ -495,6 +500,7 @@ def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:
     members = nv.nvswitch_gpus()
     names = ", ".join(resets.name(u) for u in members)
     buses = ",".join(resets.bus(u) for u in members)
+    label = ", ".join(resets.name(u).replace("GPU ", "", 1) for u in members)
     fm = resets.fm_state()
     try:
         nv.reset_gpus(members)
@@ -508,11 +514,11 @@ def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:
         )
         if exc.nvml_error in PLATFORM_REFUSES:
             raise RebootNeeded(
-                names, buses, "the platform refused the GPU reset", exc.nvml_error
+                label, buses, "the platform refused the GPU reset", exc.nvml_error
             ) from exc
         if resets.drm_loaded():
             raise RebootNeeded(
-                names,
+                label,
                 buses,
                 f"the GPU reset failed and the {DRM_MODULE} kernel module is loaded, "
                 "which holds the GPUs",
@@ -521,7 +527,7 @@ def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:
                 "the node (the pending mode takes effect at boot)",
             ) from exc
         raise ActionFailed(
-            names, "reset the NVSwitch group together", exc.nvml_error, str(exc)
+            label, "reset the NVSwitch group together", exc.nvml_error, str(exc)
         ) from exc
     log.info("group_reset", gpus=names, fabric_manager=fm, outcome="ok")
     return len(members)

@@ -223,3 +223,23 @@ def test_dgx_with_fabric_manager_down_fails_naming_the_peers_it_may_not_reset(
     assert resets(state) == []
     assert all(mig(capsys, state, gpu) == {"current": False, "pending": True} for gpu in range(4))
     fm_untouched(fake)
+
+
+def test_dgx_group_reset_blocked_by_nvidia_drm_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dgx: tuple[str, FakeSystemctl]
+) -> None:
+    state, fake = dgx
+    fabric_manager(capsys, state, fake, up=False)
+    assert sim(capsys, "module", state, "load", "nvidia_drm").code == 0
+    cfg = write(tmp_path / "node.yaml", DGX_LAYOUT.format(match="all"))
+
+    applied = run(capsys, "--simulate", state, "-c", cfg, "apply")
+    assert applied.code == EXIT_REBOOT, applied.err
+    group = lines(applied.err, "group_reset")
+    assert len(group) == 1 and "outcome=failed" in group[0], applied.err
+    errors = error_lines(applied.err)
+    assert len(errors) == 1, applied.err
+    assert errors[0].startswith(f"migrestore: error: GPU 0 ({DGX_BUSES[0]}), 1 ({DGX_BUSES[1]})")
+    assert "nvidia_drm" in errors[0] and ",".join(DGX_BUSES) in errors[0]
+    assert resets(state) == []
+    fm_untouched(fake)
