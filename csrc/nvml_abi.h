@@ -232,6 +232,7 @@ _Static_assert(offsetof(nvmlComputeInstanceInfo_t, gpuInstance) == 8, "gpuInstan
     X(nvmlDeviceGetArchitecture, (nvmlDevice_t device, nvmlDeviceArchitecture_t *arch), 2, (P(device), P(arch), 0, 0, 0)) \
     X(nvmlDeviceGetMemoryInfo, (nvmlDevice_t device, nvmlMemory_t *memory), 2, (P(device), P(memory), 0, 0, 0)) \
     X(nvmlDeviceGetPersistenceMode, (nvmlDevice_t device, nvmlEnableState_t *mode), 2, (P(device), P(mode), 0, 0, 0)) \
+    X(nvmlDeviceGetNvLinkRemoteDeviceType, (nvmlDevice_t device, unsigned int link, unsigned int *pNvLinkDeviceType), 3, (P(device), link, P(pNvLinkDeviceType), 0, 0)) \
     X(nvmlDeviceGetMigMode, (nvmlDevice_t device, unsigned int *currentMode, unsigned int *pendingMode), 3, (P(device), P(currentMode), P(pendingMode), 0, 0)) \
     X(nvmlDeviceSetMigMode, (nvmlDevice_t device, unsigned int mode, nvmlReturn_t *activationStatus), 3, (P(device), mode, P(activationStatus), 0, 0)) \
     X(nvmlDeviceGetGpuInstanceProfileInfo, (nvmlDevice_t device, unsigned int profile, nvmlGpuInstanceProfileInfo_t *info), 3, (P(device), profile, P(info), 0, 0)) \

@@ -22,6 +22,10 @@ Rules:
    a simulation never touches the real node's files; with fresh in-memory GPUs
    (``MODEL:COUNT``), which no other process can see, in a private temporary directory
    of this process.
+5. Whether a kernel module is loaded (``module_loaded``: ``nvidia_drm`` holds the GPUs
+   and makes an Ampere reset fail) is read from a fixed place: ``/sys/module/NAME`` on
+   a real node; the simulated node's module directory (``simulator.core.module_dir``,
+   beside its state file) when simulating, which the simulator's reset model reads too.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ RESET_TIMEOUT = 120.0
 # Where the driver packages install nvidia-smi (rule 2: no PATH lookup as root).
 RESET_TOOL = "/usr/bin/nvidia-smi"
 
+# Where the kernel lists its loaded modules, one directory each (rule 5).
+SYS_MODULE = "/sys/module"
+
 # nvidia-smi's exit codes are NVML return codes (nvidia-smi(1), RETURN VALUE); 255 is
 # "other error".
 _NOT_FOUND, _TIMEOUT, _IN_USE, _UNKNOWN = 6, 10, 19, 999
@@ -64,7 +71,8 @@ _NOT_FOUND, _TIMEOUT, _IN_USE, _UNKNOWN = 6, 10, 19, 999
 def run_reset_tool(
     bus_id: str, what: str, timeout: float = RESET_TIMEOUT, tool: str = RESET_TOOL
 ) -> None:
-    """Reset one GPU with ``<tool> --gpu-reset -i <bus id>`` (rule 2).
+    """Reset one GPU with ``<tool> --gpu-reset -i <bus id>`` (rule 2), or several in one
+    command: ``bus_id`` a comma-separated list (nvidia-smi's ``-i`` takes one).
 
     Raises:
         NvmlError: the tool is missing, timed out (``NVML_ERROR_TIMEOUT``), or failed;
@@ -124,6 +132,10 @@ class Hardware:
     def reset(self, pci_bus_id: str, what: str) -> None:
         run_reset_tool(pci_bus_id, what, self.reset_timeout, self.reset_tool)
 
+    def module_loaded(self, name: str) -> bool:
+        """Whether kernel module ``name`` is loaded (rule 5)."""
+        return os.path.isdir(os.path.join(SYS_MODULE, name))
+
 
 class Simulated:
     """The simulator of ``spec``, attached beneath pynvml while a session is open."""
@@ -158,6 +170,12 @@ class Simulated:
         if self._simulator is not None:
             simulator.detach(pynvml_module)
             self._simulator = None
+
+    def module_loaded(self, name: str) -> bool:
+        """Whether kernel module ``name`` is loaded on the simulated node (rule 5)."""
+        from migrestore.simulator import core
+
+        return core.module_loaded(self.spec, name)
 
     def reset(self, pci_bus_id: str, what: str) -> None:
         try:

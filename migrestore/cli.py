@@ -41,6 +41,7 @@ from migrestore.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_REBOOT,
     EXIT_SOFTWARE,
     EXIT_UNAVAILABLE,
     DriverUnavailable,
@@ -61,6 +62,9 @@ exit codes:
   {EXIT_SOFTWARE}  a bug in migrestore (please report it with the traceback)
   {EXIT_PARTIAL}  partial: a GPU NVML cannot read (fell off the bus...) or a declared GPU
       that is not listed was left as it is; every other GPU was restored and verified
+  {EXIT_REBOOT}  reboot needed: an Ampere GPU's pending MIG mode change cannot be activated
+      by a reset here (a passthrough GPU, nvidia_drm loaded, NVSwitch peers that may
+      not be reset with Fabric Manager down); every other GPU was restored
   {EXIT_CONFIG}  invalid config or infeasible layout; nothing was touched
 
 environment:

@@ -14,7 +14,10 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
    file (publish.Publisher; a metrics file that cannot be written is one warning).
    A partial pass (a sick or missing GPU, engine rule 7) is READY too, its STATUS=
    naming the GPU and the error; the watch goes on and restores the GPU once NVML
-   reads it again. ``--once`` exits 75 (EXIT_PARTIAL) after it.
+   reads it again. ``--once`` exits 75 (EXIT_PARTIAL) after it. A GPU whose pending
+   Ampere mode change the platform will not activate (executor rule 7) ends the start
+   with exit 77 (EXIT_REBOOT), after the other GPUs were restored; the unit does not
+   restart on it.
 5. Watch: every ``drift.interval`` and on SIGHUP (which also reloads the config; a
    bad new config is reported and the old one kept) one tick observes and decides once
    (``engine.look``); drift is restored with that decision, or only reported, per

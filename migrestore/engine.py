@@ -297,6 +297,11 @@ def converge(
                 decision.observed,
                 log=log,
                 allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
+                # read before an NVSwitch GPU's reset, never stopped (executor rule 8);
+                # read also when no client unit is managed (apply --no-clients)
+                fabric_manager=lambda: services.fabric_manager_state(
+                    ctl if ctl is not None else services.Systemctl()
+                ),
             )
     # Leaving the block started the stopped units again (rule 4).
     if plan.converged:

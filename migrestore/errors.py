@@ -24,6 +24,10 @@ EXIT_SOFTWARE = 70
 # EX_TEMPFAIL: some GPUs could not be restored (sick: NVML cannot read them, or declared
 # and not listed), every other GPU was restored and verified (issue 12 item 3)
 EXIT_PARTIAL = 75
+# EX_NOPERM: the platform does not permit the GPU reset a MIG mode change needs (a
+# passthrough GPU, nvidia_drm holding it, NVSwitch peers that may not be reset with it);
+# a restart cannot help, a reboot applies the pending mode (issue 12 items 4 and 5)
+EXIT_REBOOT = 77
 EXIT_CONFIG = 78
 
 
@@ -81,6 +85,27 @@ class InfeasibleError(MigrestoreError):
         self.left = left  # what stays on the GPU when it was already changed
         prefix = f"{where}: " if where else ""
         super().__init__(f"{prefix}GPU {gpu}: {reason}; {left or 'nothing was changed'}")
+
+
+class RebootNeeded(MigrestoreError):
+    """A GPU's pending MIG mode change cannot be activated by a reset here; a reboot of
+    the node (or a reset from the host) applies it. The other GPUs were applied."""
+
+    exit_code = EXIT_REBOOT
+
+    def __init__(
+        self, gpu: str, pci_bus_id: str, refused: str, nvml_error: str, fix: str = ""
+    ) -> None:
+        self.gpu = gpu
+        self.pci_bus_id = pci_bus_id
+        self.refused = refused
+        self.nvml_error = nvml_error
+        self.fix = fix or "reboot the node (or reset the GPU from the host)"
+        # the advice first: systemd's STATUS= shows the start of the line
+        super().__init__(
+            f"GPU {gpu}: {self.fix} to apply the MIG mode change: {nvml_error}: {refused} "
+            f"(PCI bus id {pci_bus_id})"
+        )
 
 
 class DriverUnavailable(MigrestoreError):

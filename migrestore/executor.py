@@ -19,13 +19,29 @@ Rules:
    infeasible then (a CI layout its GI does not offer) fails alone with the planner's
    error (exit 78) and keeps what was made; the other GPUs still converge, and the error
    is raised after they did.
+7. A GPU whose pending MIG mode change the platform will not activate fails alone with
+   ``RebootNeeded`` (exit 77, the unit does not restart on it) and one ``reboot_needed``
+   line (GPU index, PCI bus id, what refused, the NVML error, "reboot the node (or reset
+   the GPU from the host)"); the other GPUs still converge and the error is raised
+   after they did. It is: an Ampere activation status NOT_SUPPORTED or RESET_REQUIRED
+   (no reset is tried: the platform said it cannot); a reset answering the same; any
+   failed reset while the ``nvidia_drm`` module is loaded (named as the cause); a reset
+   that needs NVSwitch peers the config does not let us reset (rule 8).
+8. Before an Ampere reset, a GPU of the node's NVSwitch fabric (``Nvml.nvswitch_gpus``)
+   is reset alone only while Fabric Manager is active (its unit, read, never stopped
+   nor restarted). Otherwise every GPU of the fabric must be reset in one command
+   (nvidia-smi(1)): when the config manages every one of them and allows resets, the
+   GPU's list stops at its reset, one group reset runs after the round, and every GPU
+   of the group is planned again from a fresh observation (the reset destroyed their
+   instances); else the GPU fails naming its peers (rule 7).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrestore import planner
 from migrestore.errors import (
@@ -33,6 +49,7 @@ from migrestore.errors import (
     InfeasibleError,
     MigrestoreError,
     NvmlError,
+    RebootNeeded,
     VerifyError,
 )
 from migrestore.model import (
@@ -57,6 +74,14 @@ ROUNDS = 4
 NVML_SUCCESS = "NVML_SUCCESS"
 NVML_IN_USE = "NVML_ERROR_IN_USE"
 NVML_RESET_REQUIRED = "NVML_ERROR_RESET_REQUIRED"
+NVML_NOT_SUPPORTED = "NVML_ERROR_NOT_SUPPORTED"
+# what the platform answers when it will not reset the GPU (rule 7)
+PLATFORM_REFUSES = frozenset({NVML_RESET_REQUIRED, NVML_NOT_SUPPORTED})
+
+FABRIC_MANAGER_UNIT = "nvidia-fabricmanager.service"
+# Fabric Manager's unit states in which it facilitates a single-GPU reset (rule 8)
+FABRIC_MANAGER_UP = frozenset({"active", "reloading"})
+DRM_MODULE = "nvidia_drm"
 
 LogRecord = Tuple[str, str, Dict[str, Any]]  # (level, event, fields)
 
@@ -68,6 +93,7 @@ class GpuOutcome:
     changes: int  # NVML calls that changed the GPU
     error: Optional[MigrestoreError]
     records: Tuple[LogRecord, ...]
+    group_reset: bool = False  # stopped at its reset, which the group reset does (rule 8)
 
 
 @dataclass(frozen=True)
@@ -96,11 +122,76 @@ def _fields(action: Action) -> Dict[str, Any]:
     return fields
 
 
+class _GroupReset(Exception):
+    """Ends a GPU's list at its reset: the group reset after the round does it."""
+
+
+class _Resets:
+    """What the resets of one ``execute`` share (rule 8): Fabric Manager's state and the
+    NVSwitch fabric, each read once, and whether the config lets every GPU of the fabric
+    be reset."""
+
+    def __init__(
+        self,
+        nv: Nvml,
+        desired: Mapping[str, Optional[GpuSpec]],
+        observed: Sequence[GpuState],
+        allow_reset: bool,
+        fabric_manager: Optional[Callable[[], str]],
+    ) -> None:
+        self.nv = nv
+        self.desired = desired
+        self.allow_reset = allow_reset
+        self.fabric_manager = fabric_manager
+        self._lock = threading.Lock()
+        self._fm: Optional[str] = None
+        self.names = {g.uuid: f"GPU {g.identity.index} ({g.identity.pci_bus_id})" for g in observed}
+        self.buses = {g.uuid: g.identity.pci_bus_id for g in observed}
+
+    def name(self, uuid: str) -> str:
+        """``GPU 3 (00000000:5D:00.0)``."""
+        return self.names.get(uuid, uuid)
+
+    def bus(self, uuid: str) -> str:
+        return self.buses.get(uuid, "unknown")
+
+    def fm_text(self) -> str:
+        """How Fabric Manager's state reads in a message."""
+        state = self.fm_state()
+        return "in a state systemd cannot tell" if state == "unknown" else state
+
+    def fm_state(self) -> str:
+        """Fabric Manager's unit state, read once ("unknown" when it cannot be read)."""
+        with self._lock:
+            if self._fm is None:
+                self._fm = self.fabric_manager() if self.fabric_manager else "unknown"
+            return self._fm
+
+    def group_of(self, uuid: str) -> Tuple[str, ...]:
+        """The GPUs that must be reset with ``uuid`` in one command (itself included),
+        or () when it may be reset alone."""
+        members = self.nv.nvswitch_gpus()
+        if uuid not in members or self.fm_state() in FABRIC_MANAGER_UP:
+            return ()
+        return members
+
+    def may_reset_all(self, members: Sequence[str]) -> bool:
+        return self.allow_reset and all(self.desired.get(u) is not None for u in members)
+
+    def drm_loaded(self) -> bool:
+        loaded = getattr(self.nv.backend, "module_loaded", None)
+        return bool(loaded(DRM_MODULE)) if loaded is not None else False
+
+
 class _GpuRun:
     """Runs the actions of one GPU and records its log lines."""
 
-    def __init__(self, nv: Nvml, gpu_plan: GpuPlan, observed: GpuState) -> None:
+    def __init__(self, nv: Nvml, gpu_plan: GpuPlan, observed: GpuState, resets: _Resets) -> None:
         self.nv = nv
+        self.resets = resets
+        self.index = observed.identity.index
+        self.bus_id = observed.identity.pci_bus_id
+        self.group = False
         self.plan = gpu_plan
         self.uuid = gpu_plan.gpu
         self.label = observed.label()
@@ -118,6 +209,20 @@ class _GpuRun:
         self.log("error", action.kind, outcome="failed", nvml_error=nvml_error, **fields)
         return ActionFailed(self.label, action.describe(), nvml_error, detail)
 
+    def reboot_needed(self, refused: str, nvml_error: str, fix: str = "") -> RebootNeeded:
+        """The GPU's one line and error of rule 7."""
+        err = RebootNeeded(self.label, self.bus_id, refused, nvml_error, fix)
+        self.log(
+            "error",
+            "reboot_needed",
+            gpu=self.index,
+            pci_bus_id=self.bus_id,
+            refused=refused,
+            nvml_error=nvml_error,
+            outcome=err.fix,
+        )
+        return err
+
     def run(self) -> GpuOutcome:
         actions = self.plan.actions
         error: Optional[MigrestoreError] = None
@@ -125,9 +230,13 @@ class _GpuRun:
             for i, action in enumerate(actions):
                 following = actions[i + 1] if i + 1 < len(actions) else None
                 self.step(action, following)
+        except _GroupReset:
+            self.group = True
         except MigrestoreError as exc:
             error = exc
-        return GpuOutcome(self.uuid, self.plan.gpu_index, self.changes, error, tuple(self.records))
+        return GpuOutcome(
+            self.uuid, self.plan.gpu_index, self.changes, error, tuple(self.records), self.group
+        )
 
     def step(self, action: Action, following: Optional[Action]) -> None:
         if isinstance(action, SetMode):
@@ -206,11 +315,13 @@ class _GpuRun:
                 status,
                 "the GPU is in use by another client; stop it and run again",
             )
-        if status == NVML_RESET_REQUIRED:
-            raise self.fail(
-                action,
+        if status in PLATFORM_REFUSES:
+            # The platform cannot reset this GPU (a passthrough GPU in a VM): a reset of
+            # ours would be refused too, or "succeed" without effect (rule 7).
+            raise self.reboot_needed(
+                f"MIG mode {'on' if enabled else 'off'} stays pending: the platform lets "
+                "no reset activate it (e.g. a passthrough GPU in a VM)",
                 status,
-                "a GPU reset is not possible here (e.g. passthrough): reboot the node to apply the MIG mode change",
             )
         raise self.fail(action, status, "NVML did not activate the mode change")
 
@@ -226,17 +337,13 @@ class _GpuRun:
                     **_fields(action),
                 )
                 return
+        group = self.resets.group_of(self.uuid)
+        if group:
+            self.reset_with_peers(action, group)
         try:
             self.nv.reset_gpu(self.uuid)
         except NvmlError as exc:
-            detail = ""
-            if exc.nvml_error == NVML_IN_USE:
-                detail = "a process still holds the GPU; stop it and run again"
-            elif exc.nvml_error == NVML_RESET_REQUIRED:
-                detail = (
-                    "this GPU cannot be reset here: reboot the node to apply the MIG mode change"
-                )
-            raise self.fail(action, exc.nvml_error, detail) from exc
+            raise self.reset_failed(action, exc) from exc
         self.changes += 1
         current, pending = self.nv.mig_mode(self.uuid)
         if current != self.want_mig:
@@ -248,6 +355,56 @@ class _GpuRun:
         # A reset destroys every instance: nothing is left to map.
         self.gi_ids.clear()
         self.log("info", action.kind, outcome="ok", **_fields(action))
+
+    def reset_with_peers(self, action: Reset, group: Tuple[str, ...]) -> None:
+        """Rule 8: this GPU cannot be reset alone. Raises _GroupReset (the group reset
+        after the round does it) or RebootNeeded naming the peers."""
+        fm = self.resets.fm_text()
+        peers = [u for u in group if u != self.uuid]
+        if self.resets.may_reset_all(group):
+            self.log(
+                "info",
+                action.kind,
+                outcome="deferred",
+                reason=f"with its {len(peers)} NVSwitch peers in one command "
+                f"(Fabric Manager is {fm})",
+                **_fields(action),
+            )
+            raise _GroupReset()
+        named = ", ".join(self.resets.name(u) for u in peers)
+        unmanaged = [u for u in peers if self.resets.desired.get(u) is None]
+        why = (
+            "ampere-reset: never forbids resets"
+            if not self.resets.allow_reset
+            else "no rule of the config manages "
+            + ", ".join(self.resets.name(u) for u in unmanaged)
+        )
+        raise self.reboot_needed(
+            f"Fabric Manager ({FABRIC_MANAGER_UNIT}) is {fm}, so this GPU can be reset "
+            f"only together with its NVLink peers {named}, and {why}",
+            "FABRIC_MANAGER_NOT_RUNNING",
+            f"start {FABRIC_MANAGER_UNIT} and run again, or reboot the node",
+        )
+
+    def reset_failed(self, action: Reset, exc: NvmlError) -> MigrestoreError:
+        """The error of a failed reset: rule 7, or the action's failure."""
+        if exc.nvml_error in PLATFORM_REFUSES:
+            return self.reboot_needed(
+                "the platform refused the GPU reset (e.g. a passthrough GPU in a VM)",
+                exc.nvml_error,
+            )
+        if self.resets.drm_loaded():
+            return self.reboot_needed(
+                f"the GPU reset failed and the {DRM_MODULE} kernel module is loaded, "
+                "which holds the GPU (mig-parted Known Issues)",
+                exc.nvml_error,
+                f"unload {DRM_MODULE} (modprobe -r {DRM_MODULE}) and run again, or reboot "
+                "the node (the pending mode takes effect at boot)",
+            )
+        detail = ""
+        if exc.nvml_error == NVML_IN_USE:
+            detail = "a process still holds the GPU; stop it and run again"
+        return self.fail(action, exc.nvml_error, detail)
 
 
 def _emit(log: Any, records: Sequence[LogRecord]) -> None:
@@ -264,22 +421,31 @@ def execute(
     log: Any,
     allow_reset: bool = True,
     parallel: bool = True,
+    fabric_manager: Optional[Callable[[], str]] = None,
 ) -> ExecResult:
     """Run ``plan`` (made from ``observed``) and verify the result against ``desired``.
+    ``fabric_manager`` reads Fabric Manager's unit state (rule 8; None: unknown).
 
     Raises:
         ActionFailed: an action failed (the first failing GPU by index is reported; the
             other GPUs ran to their end).
         VerifyError: every action succeeded but the GPUs do not show the desired geometry.
+        InfeasibleError, RebootNeeded: one GPU could not be restored (rules 6, 7) and
+            every other GPU was, and verified.
     """
     changes = 0
     changed: List[int] = []
     infeasible: List[InfeasibleError] = []
+    reboot: Dict[str, Tuple[int, RebootNeeded]] = {}
+    resets = _Resets(nv, desired, observed, allow_reset, fabric_manager)
     for round_no in range(ROUNDS):
-        outcomes = _run_round(nv, plan, observed, log, parallel)
+        outcomes = _run_round(nv, plan, observed, log, parallel, resets)
         changes += sum(o.changes for o in outcomes)
         changed.extend(o.gpu_index for o in outcomes if o.gpu_index not in changed)
-        failed = [o for o in outcomes if o.error is not None]
+        for o in outcomes:
+            if isinstance(o.error, RebootNeeded):
+                reboot[o.gpu] = (o.gpu_index, o.error)
+        failed = [o for o in outcomes if o.error is not None and o.gpu not in reboot]
         if failed:
             first = failed[0].error
             assert first is not None
@@ -287,10 +453,16 @@ def execute(
                 others = ", ".join(str(o.gpu_index) for o in failed[1:])
                 log.error("other_gpus_failed", gpus=others)
             raise first
-        if not plan.deferred or round_no == ROUNDS - 1:
+        again = list(plan.deferred)
+        if any(o.group_reset for o in outcomes):
+            changes += _group_reset(nv, resets, log)
+            # the reset destroyed every instance of the group: plan each GPU again
+            again.extend(u for u in nv.nvswitch_gpus() if u not in again)
+        again = [u for u in again if u not in reboot]
+        if not again or round_no == ROUNDS - 1:
             break
         observed = nv.observe()
-        plan, failures = _replan(plan.deferred, desired, observed, allow_reset)
+        plan, failures = _replan(again, desired, observed, allow_reset)
         for failure in failures:
             log.error("infeasible", gpu=failure.gpu, error=str(failure))
         infeasible.extend(failures)
@@ -299,7 +471,8 @@ def execute(
     check_desired = {
         uuid: spec
         for uuid, spec in desired.items()
-        if not any(uuid == g.uuid and g.label() in failed_gpus for g in after)
+        if uuid not in reboot
+        and not any(uuid == g.uuid and g.label() in failed_gpus for g in after)
     }
     check = planner.plan(check_desired, after, force=True, allow_reset=allow_reset)
     if not check.converged:
@@ -312,15 +485,65 @@ def execute(
         )
     if infeasible:
         raise infeasible[0]
+    if reboot:
+        ordered = sorted(reboot.values(), key=lambda pair: pair[0])
+        if len(ordered) > 1:
+            others = ", ".join(str(index) for index, _ in ordered[1:])
+            log.error("other_gpus_need_a_reboot", gpus=others)
+        raise ordered[0][1]
     return ExecResult(changes, tuple(sorted(changed)), tuple(after))
 
 
+def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:
+    """One reset of every GPU of the NVSwitch fabric, in one command (rule 8); returns
+    the changes made."""
+    members = nv.nvswitch_gpus()
+    names = ", ".join(resets.name(u) for u in members)
+    buses = ",".join(resets.bus(u) for u in members)
+    label = ", ".join(resets.name(u).replace("GPU ", "", 1) for u in members)
+    fm = resets.fm_state()
+    try:
+        nv.reset_gpus(members)
+    except NvmlError as exc:
+        log.error(
+            "group_reset",
+            gpus=names,
+            fabric_manager=fm,
+            outcome="failed",
+            nvml_error=exc.nvml_error,
+        )
+        if exc.nvml_error in PLATFORM_REFUSES:
+            raise RebootNeeded(
+                label, buses, "the platform refused the GPU reset", exc.nvml_error
+            ) from exc
+        if resets.drm_loaded():
+            raise RebootNeeded(
+                label,
+                buses,
+                f"the GPU reset failed and the {DRM_MODULE} kernel module is loaded, "
+                "which holds the GPUs",
+                exc.nvml_error,
+                f"unload {DRM_MODULE} (modprobe -r {DRM_MODULE}) and run again, or reboot "
+                "the node (the pending mode takes effect at boot)",
+            ) from exc
+        raise ActionFailed(
+            label, "reset the NVSwitch group together", exc.nvml_error, str(exc)
+        ) from exc
+    log.info("group_reset", gpus=names, fabric_manager=fm, outcome="ok")
+    return len(members)
+
+
 def _run_round(
-    nv: Nvml, plan: Plan, observed: Sequence[GpuState], log: Any, parallel: bool
+    nv: Nvml,
+    plan: Plan,
+    observed: Sequence[GpuState],
+    log: Any,
+    parallel: bool,
+    resets: _Resets,
 ) -> List[GpuOutcome]:
     by_uuid = {g.uuid: g for g in observed}
     work = [g for g in plan.gpus if g.actions]
-    runs = [_GpuRun(nv, g, by_uuid[g.gpu]) for g in work]
+    runs = [_GpuRun(nv, g, by_uuid[g.gpu], resets) for g in work]
     if parallel and len(runs) > 1:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(runs)) as pool:
             outcomes = list(pool.map(lambda r: r.run(), runs))

@@ -53,6 +53,14 @@ Rules:
     (``GpuIdentity.error`` and ``failed``; its UUID and PCI bus id when they were read
     before the failure, else "": without a handle NVML gives neither) and stays so for
     the session. Any other error still fails the observation.
+11. NVSwitch membership is read only when a reset is about to run (``nvswitch_gpus``),
+    once per session: a GPU belongs to the node's NVSwitch fabric when
+    ``nvmlDeviceGetNvLinkRemoteDeviceType`` names a switch at one of its links (links
+    are asked from 0 until the GPU answers NOT_SUPPORTED or INVALID_ARGUMENT: no such
+    link; FUNCTION_NOT_FOUND: a driver without the call, no NVLink known). Every GPU of
+    one node's fabric is taken as one peer group (a DGX/HGX A100 has one baseboard).
+    Several GPUs are reset in one command (``reset_gpus``), as nvidia-smi(1) requires
+    for NVLink peers while Fabric Manager is not running.
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ from typing import (
     List,
     Optional,
     Protocol,
+    Sequence,
     Tuple,
     Type,
 )
@@ -206,6 +215,18 @@ SICK = (
 )
 
 
+# nvml.h NVML_NVLINK_MAX_LINKS (18 in NVML 12; pynvml's constant may be larger)
+NVLINK_MAX_LINKS = 18
+# Answers of nvmlDeviceGetNvLinkRemoteDeviceType that say "no such link" (rule 11).
+_NO_LINK = frozenset(
+    {
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+        pynvml.NVML_ERROR_INVALID_ARGUMENT,
+        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+    }
+)
+
+
 class Backend(Protocol):
     """What the edge (``migrestore.backend``) hands a session: what lies beneath pynvml
     (rule 8) and the reset tool (rule 7)."""
@@ -217,7 +238,8 @@ class Backend(Protocol):
         """Undo ``attach``."""
 
     def reset(self, pci_bus_id: str, what: str) -> None:
-        """Reset the GPU at ``pci_bus_id`` while NVML is shut down; raises NvmlError."""
+        """Reset the GPU at ``pci_bus_id`` (or the GPUs of a comma-separated list, in one
+        command) while NVML is shut down; raises NvmlError."""
 
 
 class _Gate:
@@ -315,6 +337,7 @@ class Nvml:
         # GPUs of the same name and PCI device ID share them, read once per session.
         self._tables: Dict[Tuple[str, int, bool], Tuple[GiProfile, ...]] = {}
         self._ci_tables: Dict[Tuple[str, int, bool], Dict[int, Tuple[CiProfile, ...]]] = {}
+        self._nvswitch: Optional[Tuple[str, ...]] = None  # rule 11, by UUID
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -365,6 +388,7 @@ class Nvml:
             return
         self._open = False
         self._gpus = None
+        self._nvswitch = None
         self._tables.clear()
         self._ci_tables.clear()
         try:
@@ -546,20 +570,59 @@ class Nvml:
                 GPU), with the tool's message.
             DriverUnavailable: NVML could not be initialised again after the reset.
         """
+        self.reset_gpus((uuid,))
+
+    def reset_gpus(self, uuids: Sequence[str]) -> None:
+        """Reset several GPUs in one command (NVLink peers while Fabric Manager is not
+        running, rule 11), as ``reset_gpu`` does one."""
         with self._gate.exclusive():
-            gpu = self._gpu(uuid)
-            what = f"{gpu.label}: reset the GPU"
-            bus_id = gpu.pci_bus_id
+            gpus = [self._gpu(uuid) for uuid in uuids]
+            if len(gpus) == 1:
+                what = f"{gpus[0].label}: reset the GPU"
+            else:
+                what = "GPUs " + ", ".join(str(g.index) for g in gpus) + ": reset together"
+            bus_ids = ",".join(g.pci_bus_id for g in gpus)
             with _nvml(f"{what}: shut NVML down first"):
                 pynvml.nvmlShutdown()
             # Handles do not survive the shutdown: enumerate again afterwards.
             self._gpus = None
             self._open = False
             try:
-                self.backend.reset(bus_id, what)
+                self.backend.reset(bus_ids, what)
             finally:
                 self._init()
                 self._open = True
+
+    def nvswitch_gpus(self) -> Tuple[str, ...]:
+        """The UUIDs of the GPUs whose NVLinks go to an NVSwitch (rule 11), by index;
+        empty on a node without one.
+
+        Raises:
+            NvmlError: a link read failed with another error than "no such link".
+        """
+        if self._nvswitch is not None:
+            return self._nvswitch
+        with self._gate.shared():
+            members = tuple(
+                gpu.uuid
+                for gpu in self._devices()
+                if gpu.handle is not None and not gpu.error and self._on_nvswitch(gpu)
+            )
+        self._nvswitch = members
+        return members
+
+    @staticmethod
+    def _on_nvswitch(gpu: _Gpu) -> bool:
+        for link in range(NVLINK_MAX_LINKS):
+            try:
+                kind = pynvml.nvmlDeviceGetNvLinkRemoteDeviceType(gpu.handle, link)
+            except pynvml.NVMLError as err:
+                if _code(err) in _NO_LINK:
+                    return False
+                raise _translate(err, f"{gpu.label}: read the far end of NVLink {link}") from err
+            if int(kind) == pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH:
+                return True
+        return False
 
     # ------------------------------------------------------------------ devices
 

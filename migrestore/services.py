@@ -27,6 +27,9 @@ Rules:
    those an earlier run left stopped. Before the first stop it writes a note beside the
    state file naming them, so a run killed in between leaves the next run a list to
    start; the note then keeps only the units whose start could not be queued.
+7. Fabric Manager's unit (``nvidia-fabricmanager.service``) is only ever read
+   (``fabric_manager_state``, ``is-active``): never stopped nor restarted. Stopping it
+   is what makes a single-GPU reset impossible on an Ampere NVSwitch node.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "Systemctl",
     "check_unit_name",
     "clients_stopped",
+    "fabric_manager_state",
     "manages_units",
     "read_note",
     "start_clients",
@@ -139,6 +143,21 @@ class Systemctl:
         result = self._run(["start", "--no-block", unit], QUERY_TIMEOUT, f"starting {unit}")
         if not result.ok:
             raise ServiceError(f"starting {unit} failed: {_message(result)}")
+
+
+FABRIC_MANAGER = "nvidia-fabricmanager.service"
+
+
+def fabric_manager_state(ctl: Optional[Systemctl]) -> str:
+    """Fabric Manager's ActiveState (rule 7), or "unknown" when no unit can be read (no
+    systemd, no systemctl, a state systemctl does not give)."""
+    if not manages_units(ctl):
+        return "unknown"
+    assert ctl is not None
+    try:
+        return ctl.state(FABRIC_MANAGER)
+    except ServiceError:
+        return "unknown"
 
 
 def start_clients(ctl: Systemctl, units: Sequence[str], log: BoundLogger) -> Tuple[str, ...]:

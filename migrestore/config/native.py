@@ -7,7 +7,8 @@ Rules:
    (through ``yaml_strict``).
 3. Client unit names obey ``units.unit_name_problem``, the rule ``services`` applies
    before a name reaches systemctl, so a name ``validate`` accepts is one ``apply`` and
-   the daemon can use.
+   the daemon can use. ``migrestore.service`` and ``nvidia-fabricmanager.service``
+   are never clients (Fabric Manager is what lets an NVSwitch GPU be reset alone).
 4. A config either lists ``gpus`` rules or references a mig-parted file
    (``mig-parted.file``), which is read through the reader ``files.load`` passes in.
 5. Pure: no I/O of its own.
@@ -288,6 +289,14 @@ def _clients(doc: Doc, node: yaml.Node, key: str) -> Tuple[str, ...]:
             )
         if unit == "migrestore.service":
             doc.fail(item, item_key, "migrestore cannot stop itself", "remove it from clients")
+        if unit == "nvidia-fabricmanager.service":
+            doc.fail(
+                item,
+                item_key,
+                "Fabric Manager is never stopped: without it an Ampere NVSwitch GPU cannot "
+                "be reset alone (nvidia-smi(1))",
+                "remove it from clients",
+            )
         if unit in units:
             doc.fail(item, item_key, f"{unit} is listed twice", "remove one")
         units.append(unit)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from migrestore.errors import MigrestoreError
 from migrestore.simulator import clib, codes, engine, models
-from migrestore.simulator.core import GPU_RESET, LOST_ERROR, Simulator
+from migrestore.simulator.core import GPU_RESET, LOST_ERROR, Simulator, module_dir
 from migrestore.simulator.fakelib import SYMBOL_NAMES
-from migrestore.simulator.state import current_boot_id, write_new
+from migrestore.simulator.state import PASSTHROUGH_STATUSES, current_boot_id, write_new
 
 PROG = "migrestore-sim"
 
@@ -140,6 +140,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         passthrough=args.passthrough,
         permute_seed=args.permute_gi_ids,
         boot_id=current_boot_id(),
+        nvswitch=args.nvswitch,
     )
     write_new(args.state, state, overwrite=args.force)
     branch = gpus[0][1] if gpus else models.DEFAULT_BRANCH
@@ -161,7 +162,9 @@ def _show_text(sim: Simulator) -> str:
         mode = f"MIG current={'on' if gpu.mig_current else 'off'} pending={'on' if gpu.mig_pending else 'off'}"
         extras = []
         if gpu.passthrough:
-            extras.append("passthrough")
+            extras.append(f"passthrough: reset refused, activation {gpu.passthrough_status}")
+        if gpu.nvlink_group:
+            extras.append(f"NVSwitch group {gpu.nvlink_group}")
         if gpu.gi_id_map is not None:
             extras.append("permuted GI IDs")
         if gpu.lost:
@@ -181,6 +184,11 @@ def _show_text(sim: Simulator) -> str:
                 name = ci_prof.name if ci_prof is not None else f"profile {ci.profile_id}"
                 pids = f"  pids {', '.join(str(p) for p in ci.pids)}" if ci.pids else ""
                 lines.append(f"    CI {ci.id} {name} at {ci.start}:{ci.size} {ci.uuid}{pids}")
+    if any(g.nvlink_group for g in state.gpus):
+        lines.append(f"fabric manager: {'running' if state.fabric_manager else 'not running'}")
+    loaded = sorted(os.listdir(module_dir(sim.spec))) if os.path.isdir(module_dir(sim.spec)) else []
+    if loaded:
+        lines.append("kernel modules loaded: " + ", ".join(loaded))
     for fault in state.faults:
         lines.append(
             f"fault: call {fault.nth} of {fault.function} fails with {fault.error} "
@@ -316,6 +324,37 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return _with_sim(args, act)
 
 
+def cmd_passthrough(args: argparse.Namespace) -> int:
+    status = "" if args.off else args.status
+
+    def act(sim: Simulator) -> str:
+        sim.passthrough(args.gpu, status)
+        if not status:
+            return f"GPU {args.gpu} can be reset again"
+        return (
+            f"GPU {args.gpu}: the platform refuses its reset; an Ampere activation answers {status}"
+        )
+
+    return _with_sim(args, act)
+
+
+def cmd_fabric_manager(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.fabric_manager(args.action == "start")
+        return f"fabric manager {'running' if args.action == 'start' else 'not running'}"
+
+    return _with_sim(args, act)
+
+
+def cmd_module(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.load_module(args.name, args.action == "load")
+        where = module_dir(args.state)
+        return f"{args.name} {'loaded' if args.action == 'load' else 'unloaded'} ({where})"
+
+    return _with_sim(args, act)
+
+
 def cmd_set_mode(args: argparse.Namespace) -> int:
     def act(sim: Simulator) -> str:
         status = sim.set_mode(args.gpu, args.mode == "on", via=PROG)
@@ -443,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs cannot be reset (a VM's passthrough GPU): Ampere mode changes need a reboot",
     )
     p.add_argument(
+        "--nvswitch",
+        action="store_true",
+        help="every GPU's NVLinks go to one NVSwitch fabric (a DGX/HGX A100 8-GPU node)",
+    )
+    p.add_argument(
         "--permute-gi-ids",
         type=int,
         metavar="SEED",
@@ -533,6 +577,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("recover", cmd_recover, "a lost GPU is back (no instances; pending mode in effect)")
     state_arg(p)
     gpu_arg(p)
+
+    p = verb(
+        "passthrough",
+        cmd_passthrough,
+        "the platform refuses a GPU's reset (a VM's passthrough GPU): its reset answers "
+        "NOT_SUPPORTED and an Ampere MIG activation the status given",
+    )
+    state_arg(p)
+    gpu_arg(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--status",
+        default="NVML_ERROR_RESET_REQUIRED",
+        choices=PASSTHROUGH_STATUSES,
+        help="the activation status (default NVML_ERROR_RESET_REQUIRED, as nvml.h says; "
+        "NVIDIA's MIG guide transcript shows NVML_ERROR_NOT_SUPPORTED)",
+    )
+    which.add_argument("--off", action="store_true", help="the GPU can be reset again")
+
+    p = verb(
+        "fabric-manager",
+        cmd_fabric_manager,
+        "Fabric Manager starts or stops: while it is not running an Ampere GPU of an "
+        "NVSwitch group is reset only together with every GPU of its group",
+    )
+    state_arg(p)
+    p.add_argument("action", choices=("start", "stop"))
+
+    p = verb(
+        "module",
+        cmd_module,
+        "load or unload a kernel module on the simulated node (a directory in "
+        "STATE.sys-module, its /sys/module); a loaded nvidia_drm makes every reset fail IN_USE",
+    )
+    state_arg(p)
+    p.add_argument("action", choices=("load", "unload"))
+    p.add_argument("name", metavar="MODULE", help="e.g. nvidia_drm")
 
     p = verb("set-mode", cmd_set_mode, "change MIG mode behind migrestore's back")
     state_arg(p)

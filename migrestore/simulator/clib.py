@@ -67,6 +67,7 @@ KINDS: Dict[str, str] = {
     "nvmlDeviceGetArchitecture": "hp",
     "nvmlDeviceGetMemoryInfo": "hp",
     "nvmlDeviceGetPersistenceMode": "hp",
+    "nvmlDeviceGetNvLinkRemoteDeviceType": "hup",
     "nvmlDeviceGetMigMode": "hpp",
     "nvmlDeviceSetMigMode": "hup",
     "nvmlDeviceGetGpuInstanceProfileInfo": "hup",

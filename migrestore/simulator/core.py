@@ -26,6 +26,11 @@ Rules:
    condition it can wait for (the process is stopped) instead of a time window.
 7. ``lose(gpu, error)`` models a GPU that fell off the bus (fakelib rule 6, engine
    rule 7); ``recover(gpu)`` or a reboot brings it back.
+8. The node around the GPUs (engine rule 8): ``passthrough(gpu, status)`` (the platform
+   refuses its reset), ``fabric_manager(running)`` and the NVSwitch groups of the state;
+   loaded kernel modules are directories in ``module_dir(spec)`` (beside a state file,
+   as ``/sys/module`` on a real node; none for in-memory GPUs), the one truth both the
+   reset model and migrestore's own check read.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from migrestore.model import Placement
 from migrestore.simulator import codes, engine, fakelib
 from migrestore.simulator.codes import SimNvmlError
 from migrestore.simulator.state import (
+    PASSTHROUGH_STATUSES,
     Fault,
     FileStore,
     GpuRecord,
@@ -63,6 +69,20 @@ GpuRef = Union[int, str]  # an index, or a GPU UUID
 def is_state_path(spec: str) -> bool:
     """Whether a spec names a state file rather than ``MODEL[:COUNT],...``."""
     return os.sep in spec or spec.endswith(".json") or os.path.exists(spec)
+
+
+def module_dir(spec: str) -> str:
+    """The simulated node's ``/sys/module`` (rule 8): beside a state file; "" for
+    in-memory GPUs (no module but the driver's own is loaded)."""
+    if not is_state_path(spec):
+        return ""
+    return os.path.abspath(spec) + ".sys-module"
+
+
+def module_loaded(spec: str, name: str) -> bool:
+    """Whether kernel module ``name`` is loaded on the simulated node of ``spec``."""
+    directory = module_dir(spec)
+    return bool(directory) and os.path.isdir(os.path.join(directory, name))
 
 
 class Simulator:
@@ -234,22 +254,35 @@ class Simulator:
 
     # ------------------------------------------------------------------ GPU life
 
-    def reset_tool(self, pci_bus_id: str) -> None:
-        """What ``nvidia-smi --gpu-reset -i <pci_bus_id>`` does: refused with
+    def reset_tool(self, pci_bus_ids: str) -> None:
+        """What ``nvidia-smi --gpu-reset -i <bus id>[,<bus id>...]`` does: refused with
         NVML_ERROR_IN_USE while this process still has NVML initialised (an open NVML
-        client is a user of the GPU), else ``reset_gpu``.
+        client is a user of the GPU), else every GPU named is reset in one command
+        (engine rule 8).
 
         Raises:
-            NvmlError: as ``reset_gpu``, and IN_USE as above.
+            NvmlError: as ``reset_gpu``, IN_USE as above, NOT_SUPPORTED on a passthrough
+                GPU, IN_USE while nvidia_drm is loaded, UNKNOWN naming the NVSwitch peers
+                to include while Fabric Manager is down.
         """
         if self.init_count:
             raise NvmlError(
                 codes.name_of(codes.IN_USE),
-                f"{self._label(pci_bus_id)}: reset (this process has NVML initialised, "
+                f"{self._label(pci_bus_ids)}: reset (this process has NVML initialised, "
                 "which makes it a user of the GPU: shut NVML down first)",
                 codes.IN_USE,
             )
-        self.reset_gpu(pci_bus_id)
+        drm = module_loaded(self.spec, "nvidia_drm")
+
+        def body(txn: Txn) -> None:
+            records = [self._select(txn, bus) for bus in pci_bus_ids.split(",")]
+            self._check_fault(txn, GPU_RESET)
+            engine.reset_gpus(txn.state, records, engine.other_sessions(txn.state), drm)
+            for record in records:
+                engine.record_change(txn.state, GPU_RESET, record, {}, "simulator")
+            txn.dirty = True
+
+        self._op(body, lambda: f"{self._label(pci_bus_ids)}: reset")
 
     def reset_gpu(self, gpu: GpuRef) -> None:
         """Reset a GPU (``gpu``: an index, a UUID or a PCI bus id): the pending MIG mode
@@ -257,7 +290,7 @@ class Simulator:
 
         Raises:
             NvmlError: NVML_ERROR_IN_USE while a client holds the GPU or a process runs
-                on it, NVML_ERROR_RESET_REQUIRED on a passthrough GPU.
+                on it, NVML_ERROR_NOT_SUPPORTED on a passthrough GPU.
         """
 
         def body(txn: Txn) -> None:
@@ -268,6 +301,58 @@ class Simulator:
             txn.dirty = True
 
         self._op(body, lambda: f"{self._label(gpu)}: reset")
+
+    def passthrough(self, gpu: GpuRef, status: str = "NVML_ERROR_RESET_REQUIRED") -> None:
+        """The platform refuses the GPU's reset (a VM's passthrough GPU): its reset answers
+        NOT_SUPPORTED and an Ampere activation ``status`` (RESET_REQUIRED or
+        NOT_SUPPORTED); ``status`` "" makes it resettable again.
+
+        Raises:
+            MigrestoreError: a status neither; NvmlError: no such GPU.
+        """
+        if status and status not in PASSTHROUGH_STATUSES:
+            raise MigrestoreError(
+                f"passthrough: status {status!r} is not one of {', '.join(PASSTHROUGH_STATUSES)}"
+            )
+
+        def body(txn: Txn) -> None:
+            record = self._select(txn, gpu)
+            record.passthrough = bool(status)
+            if status:
+                record.passthrough_status = status
+            txn.dirty = True
+
+        self._op(body, lambda: f"{self._label(gpu)}: passthrough")
+
+    def fabric_manager(self, running: bool) -> None:
+        """Fabric Manager starts or stops (what an NVSwitch node's resets depend on)."""
+
+        def body(txn: Txn) -> None:
+            txn.state.fabric_manager = running
+            txn.dirty = True
+
+        self._op(body, lambda: "fabric manager")
+
+    def module_loaded(self, name: str) -> bool:
+        """Whether kernel module ``name`` is loaded on the simulated node (rule 8)."""
+        return module_loaded(self.spec, name)
+
+    def load_module(self, name: str, loaded: bool = True) -> None:
+        """Load (or unload) kernel module ``name`` on the simulated node (rule 8).
+
+        Raises:
+            MigrestoreError: in-memory GPUs (no node to load it on) or a bad name.
+        """
+        directory = module_dir(self.spec)
+        if not directory:
+            raise MigrestoreError("modules: in-memory simulated GPUs have no module directory")
+        if not name or not name.replace("_", "").isalnum():
+            raise MigrestoreError(f"modules: {name!r} is not a kernel module name")
+        path = os.path.join(directory, name)
+        if loaded:
+            os.makedirs(path, exist_ok=True)
+        elif os.path.isdir(path):
+            os.rmdir(path)
 
     def reboot(self) -> None:
         """Apply reboot semantics now (as if the boot id changed)."""
@@ -468,7 +553,13 @@ class Simulator:
 
         def body(txn: Txn) -> str:
             record = self._select(txn, gpu)
-            status = engine.set_mig_mode(record, int(enabled), engine.other_sessions(txn.state))
+            status = engine.set_mig_mode(
+                record,
+                int(enabled),
+                engine.other_sessions(txn.state),
+                txn.state,
+                module_loaded(self.spec, "nvidia_drm"),
+            )
             engine.record_change(
                 txn.state,
                 "nvmlDeviceSetMigMode",

@@ -26,6 +26,18 @@ Rules (sources in ``docs/SIMULATOR.md`` and ``nvml-semantics.md``):
 7. A GPU that fell off the bus (``GpuRecord.lost``, Xid 79) answers its error to every
    call that names it, a reset included (nvidia-smi --gpu-reset exits 15, "fallen off
    the bus"); a reboot brings it back with no instances, as any GPU after a reboot.
+8. Resets (``reset_gpus``, the model of ``nvidia-smi --gpu-reset -i BUS[,BUS...]``): a
+   passthrough GPU's platform refuses it (NOT_SUPPORTED, nvidia-smi's exit 3: "Resetting
+   GPU ... is not supported", MIG guide), and its Ampere activation answers the status
+   the state gives (RESET_REQUIRED as nvml.h says, or NOT_SUPPORTED as the guide's
+   transcript shows); a loaded ``nvidia_drm`` module holds every GPU (IN_USE, mig-parted
+   Known Issues); on an NVSwitch node an Ampere GPU is reset alone only while Fabric
+   Manager runs, else the command must name every GPU of its NVSwitch group, and
+   otherwise fails naming the missing ones (nvidia-smi(1); its exit status is not
+   documented: modelled as 255, "other error", NVML_ERROR_UNKNOWN). The driver's own
+   activation of an Ampere mode change is such a single-GPU reset: what blocks one
+   leaves the change pending with IN_USE (inferred; mig-parted#181 shows it for
+   nvidia_drm).
 """
 
 from __future__ import annotations
@@ -199,6 +211,7 @@ def fresh_state(
     passthrough: bool = False,
     permute_seed: Optional[int] = None,
     boot_id: str = "",
+    nvswitch: bool = False,
 ) -> SimState:
     """A new node of ``gpus``: (model, branch) per GPU as ``parse_spec`` gives them, or a
     bare model name (the model's default branch)."""
@@ -208,8 +221,12 @@ def fresh_state(
     branches = {b for _, b in pairs} or {models.DEFAULT_BRANCH}
     if len(branches) > 1:
         raise models.BadBranch("a node runs one driver: one branch for every GPU")
+    records = [new_gpu(m, i, passthrough, permute_seed, b) for i, (m, b) in enumerate(pairs)]
+    if nvswitch:  # one NVSwitch fabric joins every GPU (DGX/HGX A100 8-GPU)
+        for record in records:
+            record.nvlink_group = 1
     return SimState(
-        gpus=[new_gpu(m, i, passthrough, permute_seed, b) for i, (m, b) in enumerate(pairs)],
+        gpus=records,
         boot_id=boot_id,
         driver_version=models.branch(branches.pop()).driver_version,
     )
@@ -580,8 +597,17 @@ def destroy_ci(gi: GiRecord, ci: CiRecord) -> None:
 # --------------------------------------------------------------------------- mode
 
 
-def set_mig_mode(gpu: GpuRecord, enable: int, sessions: Sequence[int] = ()) -> int:
-    """nvmlDeviceSetMigMode: returns the activation status (rules 5 and 6)."""
+def set_mig_mode(
+    gpu: GpuRecord,
+    enable: int,
+    sessions: Sequence[int] = (),
+    state: Optional[SimState] = None,
+    drm_loaded: bool = False,
+) -> int:
+    """nvmlDeviceSetMigMode: returns the activation status (rules 5, 6 and 8). The
+    driver's own activation is a reset of this GPU alone: whatever blocks one (a loaded
+    nvidia_drm, Fabric Manager down on an NVSwitch node: inferred) leaves it pending
+    with IN_USE."""
     if enable not in (0, 1):
         raise SimNvmlError(codes.INVALID_ARGUMENT, f"MIG mode {enable} is neither 0 nor 1")
     wanted = bool(enable)
@@ -598,8 +624,10 @@ def set_mig_mode(gpu: GpuRecord, enable: int, sessions: Sequence[int] = ()) -> i
     if gpu.mig_current == wanted:
         return codes.SUCCESS
     if gpu.passthrough:
-        return codes.RESET_REQUIRED
-    if busy_reason(gpu, sessions):
+        return codes.parse_error_name(gpu.passthrough_status)
+    if busy_reason(gpu, sessions) or drm_loaded:
+        return codes.IN_USE
+    if state is not None and missing_peers(state, [gpu]):
         return codes.IN_USE
     gpu.mig_current = wanted
     return codes.SUCCESS
@@ -612,14 +640,60 @@ def reset_gpu(gpu: GpuRecord, sessions: Sequence[int] = ()) -> None:
     if gpu.lost:
         raise SimNvmlError(codes.parse_error_name(gpu.lost), "the GPU fell off the bus")
     if gpu.passthrough:
-        raise SimNvmlError(
-            codes.RESET_REQUIRED, "the GPU cannot be reset here (passthrough); reboot instead"
-        )
+        raise SimNvmlError(codes.NOT_SUPPORTED, f"Resetting GPU {gpu.pci_bus_id} is not supported.")
     reason = busy_reason(gpu, sessions)
     if reason:
         raise SimNvmlError(codes.IN_USE, reason)
     gpu.mig_current = gpu.mig_pending
     gpu.gis = []
+
+
+def reset_gpus(
+    state: SimState,
+    gpus: Sequence[GpuRecord],
+    sessions: Sequence[int] = (),
+    drm_loaded: bool = False,
+) -> None:
+    """``nvidia-smi --gpu-reset -i`` of ``gpus`` in one command (rule 8): every check
+    first, then every GPU reset, or none."""
+    for gpu in gpus:
+        if gpu.lost:
+            raise SimNvmlError(codes.parse_error_name(gpu.lost), "the GPU fell off the bus")
+        if gpu.passthrough:
+            raise SimNvmlError(
+                codes.NOT_SUPPORTED, f"Resetting GPU {gpu.pci_bus_id} is not supported."
+            )
+    if drm_loaded:
+        raise SimNvmlError(
+            codes.IN_USE,
+            f"GPU {gpus[0].pci_bus_id} is currently in use by another client",
+        )
+    missing = missing_peers(state, gpus)
+    if missing:
+        raise SimNvmlError(
+            codes.UNKNOWN,
+            "Fabric Manager is not running: GPUs with NVLink connections to a GPU being "
+            "reset must be reset in the same command; include "
+            + ",".join(g.pci_bus_id for g in missing),
+        )
+    for gpu in gpus:
+        reason = busy_reason(gpu, sessions)
+        if reason:
+            raise SimNvmlError(codes.IN_USE, reason)
+    for gpu in gpus:
+        reset_gpu(gpu, sessions)
+
+
+def missing_peers(state: SimState, gpus: Sequence[GpuRecord]) -> List[GpuRecord]:
+    """The NVSwitch peers a reset of ``gpus`` must include (rule 8): none while Fabric
+    Manager runs or when no Ampere GPU of an NVSwitch group is reset."""
+    if state.fabric_manager:
+        return []
+    named = {g.index for g in gpus}
+    groups = {
+        g.nvlink_group for g in gpus if g.nvlink_group and table_of(g).architecture == ARCH_AMPERE
+    }
+    return [g for g in state.gpus if g.nvlink_group in groups and g.index not in named]
 
 
 def reboot(state: SimState) -> None:

@@ -28,6 +28,11 @@ Rules:
    its error (GPU_IS_LOST, IRQ_ISSUE, UNKNOWN...), as nvml.h documents for
    ``nvmlDeviceGetHandleByIndex_v2``. With no handle, NVML gives neither its UUID nor
    its PCI bus id: a caller knows its index only.
+7. NVLink topology: a GPU of an NVSwitch group (``GpuRecord.nvlink_group``) has
+   ``NVLINKS_PER_GPU`` links, each to an NVSwitch (``nvmlDeviceGetNvLinkRemoteDeviceType``
+   answers NVML_NVLINK_DEVICE_TYPE_SWITCH); a link it does not have answers
+   NOT_SUPPORTED, a link number past ``NVML_NVLINK_MAX_LINKS`` INVALID_ARGUMENT. A GPU
+   outside every group (PCIe boards) has no NVLink.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ NO_INIT_NEEDED = frozenset({"nvmlInit_v2", "nvmlInitWithFlags", "nvmlErrorString
 
 MIB = 1024 * 1024
 
+NVLINKS_PER_GPU = 12  # A100 SXM4: 12 third-generation NVLinks, all to NVSwitches (DGX A100)
+NVML_NVLINK_MAX_LINKS = 18  # nvml.h (NVML 12)
+NVLINK_DEVICE_TYPE_SWITCH = 2  # nvmlIntNvLinkDeviceType_t
+
 
 _IMPLS: Dict[str, str] = {
     "nvmlInit_v2": "_init",
@@ -80,6 +89,7 @@ _IMPLS: Dict[str, str] = {
     "nvmlDeviceGetArchitecture": "_architecture",
     "nvmlDeviceGetMemoryInfo": "_memory_info",
     "nvmlDeviceGetPersistenceMode": "_persistence_mode",
+    "nvmlDeviceGetNvLinkRemoteDeviceType": "_nvlink_remote_type",
     "nvmlDeviceGetMigMode": "_get_mig_mode",
     "nvmlDeviceSetMigMode": "_set_mig_mode",
     "nvmlDeviceGetGpuInstanceProfileInfo": "_gi_profile_info_v1",
@@ -383,6 +393,15 @@ class FakeNvmlLibrary:
         self._device(txn, dev)
         cabi.out(out, ctypes.c_uint, "mode").value = 1
 
+    def _nvlink_remote_type(self, txn: Txn, dev: Any, link: Any, out: Any) -> None:
+        gpu = self._gpu(txn, dev)
+        number = cabi.uint(link, "link")
+        if number >= NVML_NVLINK_MAX_LINKS:
+            raise SimNvmlError(codes.INVALID_ARGUMENT, f"link {number} is past the last")
+        if not gpu.nvlink_group or number >= NVLINKS_PER_GPU:
+            raise SimNvmlError(codes.NOT_SUPPORTED, f"the GPU has no NVLink {number}")
+        cabi.out(out, ctypes.c_uint, "pNvLinkDeviceType").value = NVLINK_DEVICE_TYPE_SWITCH
+
     # ------------------------------------------------------------------ MIG mode
 
     def _get_mig_mode(self, txn: Txn, dev: Any, current: Any, pending: Any) -> None:
@@ -396,7 +415,13 @@ class FakeNvmlLibrary:
         gpu = self._gpu(txn, dev)
         value = cabi.uint(mode, "mode")
         activation = cabi.out(status, ctypes.c_uint, "activationStatus")
-        result = engine.set_mig_mode(gpu, value, engine.other_sessions(txn.state))
+        result = engine.set_mig_mode(
+            gpu,
+            value,
+            engine.other_sessions(txn.state),
+            txn.state,
+            self._sim.module_loaded("nvidia_drm"),
+        )
         activation.value = result
         engine.record_change(
             txn.state,

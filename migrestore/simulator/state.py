@@ -4,12 +4,15 @@ Rules:
 
 1. One ``SimState`` holds everything a simulated node has: per GPU its identity, MIG mode
    (current and pending), GIs with their CIs, the pids holding it and the pids running
-   on each MIG device, and the driver branch it runs; the pids with an NVML session open
-   (``sessions``, one entry per process: a process with NVML initialised is a client of
-   every GPU); plus the armed faults, per-call latency and the log of changes. It is
-   plain data; the MIG rules that change it live in ``engine``. State files written
-   before branches (or sessions) were stored still load: a GPU without ``branch`` runs
-   the branch of the file's ``driver_version``; no ``sessions`` means none.
+   on each MIG device, the driver branch it runs, whether the platform lets it be reset
+   (``passthrough``, with the activation status it answers) and the NVSwitch fabric its
+   NVLinks go to (``nvlink_group``); whether Fabric Manager runs; the pids with an NVML
+   session open (``sessions``, one entry per process: a process with NVML initialised is
+   a client of every GPU); plus the armed faults, per-call latency and the log of
+   changes. It is plain data; the MIG rules that change it live in ``engine``. State
+   files written before branches (or sessions...) were stored still load: a GPU without
+   ``branch`` runs the branch of the file's ``driver_version``; no ``sessions`` means
+   none, no ``nvlink_group`` no NVSwitch, no ``fabric_manager`` a running one.
 2. Two stores give transactions over it. ``MemoryStore`` keeps a fresh state in the
    process. ``FileStore`` keeps it in a JSON file shared by processes: every transaction
    holds an exclusive ``flock`` on the sidecar ``<file>.lock``, re-reads the file only
@@ -44,6 +47,8 @@ DRIVER_VERSION = models.BRANCHES[models.DEFAULT_BRANCH].driver_version  # the pr
 CHANGE_LOG_SIZE = 64
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 BOOT_ID_ENV = "MIGRESTORE_SIM_BOOT_ID_FILE"
+# what an Ampere activation may answer on a passthrough GPU (GpuRecord.passthrough_status)
+PASSTHROUGH_STATUSES = ("NVML_ERROR_RESET_REQUIRED", "NVML_ERROR_NOT_SUPPORTED")
 
 
 @dataclass
@@ -74,6 +79,11 @@ class GpuRecord:
     uuid: str
     pci_bus_id: str
     passthrough: bool = False  # no GPU reset possible (a VM's passthrough GPU)
+    # what an Ampere MIG activation answers on a passthrough GPU: nvml.h says
+    # RESET_REQUIRED, NVIDIA's MIG guide transcript shows NOT_SUPPORTED
+    passthrough_status: str = "NVML_ERROR_RESET_REQUIRED"
+    # the NVSwitch fabric the GPU's NVLinks go to (0: none; DGX A100: every GPU in 1)
+    nvlink_group: int = 0
     gi_id_map: Optional[List[int]] = None  # swizzId -> GI ID, when permuted
     mig_current: bool = False
     mig_pending: bool = False
@@ -116,6 +126,8 @@ class SimState:
     freeze_at: int = 0
     driver_version: str = DRIVER_VERSION
     sessions: List[int] = field(default_factory=list)  # pids with NVML initialised
+    # whether Fabric Manager runs (matters on NVSwitch nodes: rule 5 of engine)
+    fabric_manager: bool = True
 
     def gpu(self, index: int) -> Optional[GpuRecord]:
         if 0 <= index < len(self.gpus):
@@ -208,6 +220,7 @@ def to_json(state: SimState) -> Dict[str, Any]:
         "latency_us": dict(sorted(state.latency_us.items())),
         "freeze_at": state.freeze_at,
         "sessions": list(state.sessions),
+        "fabric_manager": state.fabric_manager,
         "gpus": [_gpu_json(g) for g in state.gpus],
     }
 
@@ -220,6 +233,8 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
         "uuid": gpu.uuid,
         "pci_bus_id": gpu.pci_bus_id,
         "passthrough": gpu.passthrough,
+        "passthrough_status": gpu.passthrough_status,
+        "nvlink_group": gpu.nvlink_group,
         "gi_id_map": gpu.gi_id_map,
         "mig_current": gpu.mig_current,
         "mig_pending": gpu.mig_pending,
@@ -345,8 +360,12 @@ def from_json(data: Any, where: str) -> SimState:
         isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in sessions
     ):
         raise r.fail("sessions", f"expected a list of pids, found {sessions!r}")
+    fabric_manager = top.get("fabric_manager", True)  # absent in older files
+    if not isinstance(fabric_manager, bool):
+        raise r.fail("fabric_manager", f"expected true or false, found {_kind(fabric_manager)}")
     return SimState(
         gpus=gpus,
+        fabric_manager=fabric_manager,
         sessions=list(sessions),
         boot_id=r.get(top, "boot_id", str, "top level"),
         next_serial=r.get(top, "next_serial", int, "top level"),
@@ -425,7 +444,31 @@ def _gpu_from(
         gis=gis,
         branch=branch,
         lost=_lost_from(r, g, at),
+        passthrough_status=_status_from(r, g, at),
+        nvlink_group=_group_from(r, g, at),
     )
+
+
+def _status_from(r: _Reader, g: Dict[str, Any], at: str) -> str:
+    """A passthrough GPU's activation status; absent in files written before it existed."""
+    if "passthrough_status" not in g:
+        return "NVML_ERROR_RESET_REQUIRED"
+    status = r.get(g, "passthrough_status", str, at)
+    if status not in PASSTHROUGH_STATUSES:
+        raise r.fail(
+            f"{at}.passthrough_status", f"expected one of {', '.join(PASSTHROUGH_STATUSES)}"
+        )
+    return str(status)
+
+
+def _group_from(r: _Reader, g: Dict[str, Any], at: str) -> int:
+    """The GPU's NVSwitch fabric (0: none); absent in files written before it existed."""
+    if "nvlink_group" not in g:
+        return 0
+    group = r.get(g, "nvlink_group", int, at)
+    if group < 0:
+        raise r.fail(f"{at}.nvlink_group", "expected 0 (no NVSwitch) or a group number")
+    return int(group)
 
 
 def _lost_from(r: _Reader, g: Dict[str, Any], at: str) -> str:

@@ -150,6 +150,13 @@ CASES = [
         "cannot stop itself",
     ),
     (
+        "client-fabric-manager",
+        V + "clients: [nvidia-dcgm.service, nvidia-fabricmanager.service]\ngpus: []\n",
+        2,
+        "clients[1]",
+        "Fabric Manager is never stopped",
+    ),
+    (
         "client-timeout-negative",
         V + "client-timeout: -5\ngpus: []\n",
         2,

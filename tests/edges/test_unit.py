@@ -176,6 +176,8 @@ def test_bounded_start_and_restart_policy() -> None:
     assert one("Service", "Restart") == "on-failure"
     prevent = values("Service", "RestartPreventExitStatus")
     assert str(errors.EXIT_CONFIG) in prevent  # an invalid config must not loop
+    # a GPU whose MIG change needs a reboot (passthrough, nvidia_drm...) must not loop
+    assert str(errors.EXIT_REBOOT) in prevent
     assert str(errors.EXIT_UNAVAILABLE) not in prevent  # a late driver may come
     assert one("Unit", "StartLimitBurst")
     assert one("Service", "WatchdogSec")

@@ -411,10 +411,13 @@ def test_ampere_without_reset_says_a_reboot_is_needed(tmp_path: Path) -> None:
         node.sim("init", "--force", "--passthrough", node.state, "a100-80gb:1")
         node.write_config(config())
         node.start_daemon()
-        code, _err = node.wait_daemon()
-        assert code == 1
+        code, err = node.wait_daemon()
+        # 77: the unit's RestartPreventExitStatus, so no restart loop (issue 12 item 4)
+        assert code == 77, err
         status = node.notify.fields("STATUS")[-1]
-        assert "NVML_ERROR_RESET_REQUIRED" in status and "reboot" in status
+        assert "NVML_ERROR_RESET_REQUIRED" in status
+        assert "reboot the node (or reset the GPU from the host)" in status
+        assert len([x for x in err.splitlines() if "reboot_needed" in x]) == 1, err
         assert node.mig(0)["current"] is False
     finally:
         node.cleanup()

@@ -8,7 +8,7 @@ Rules:
    (``Daemon.check``, what the watch loop calls every interval).
 2. What passes: the fault fired; the run ended either with one error line that names the
    NVML error, the GPU (for calls that take one) and the action, with the documented exit
-   code, or (only for a read) with a verified success; every client unit it stopped runs
+   code (77 for a reset the platform refuses, else 1; 69 for the init), or (only for a read) with a verified success; every client unit it stopped runs
    again and its process holds the GPU again; every worker's MIG device still exists with
    the worker on it; and a second, fault-free run converges.
 3. Every run is recorded (``Record``); the tests publish the counts per scenario and
@@ -33,13 +33,14 @@ import structlog
 
 from migrestore import engine, logs
 from migrestore.daemon import Daemon
-from migrestore.errors import EXIT_FAILED, EXIT_UNAVAILABLE, MigrestoreError
+from migrestore.errors import EXIT_FAILED, EXIT_REBOOT, EXIT_UNAVAILABLE, MigrestoreError
 from migrestore.model import Config
 from migrestore.notify import Notifier
 from tests.reliability.rig import Rig, fast_dir
 from tests.reliability.scenarios import (
     CALLS,
     CHANGES,
+    GPU_RESET,
     INIT,
     NEVER,
     SYSTEM_CALLS,
@@ -98,8 +99,16 @@ class Record:
         return self.outcome != "not reached"
 
 
+REFUSED_RESET = frozenset({"NVML_ERROR_RESET_REQUIRED", "NVML_ERROR_NOT_SUPPORTED"})
+
+
 def expected_code(fault: Fault) -> int:
-    return EXIT_UNAVAILABLE if fault.function == INIT else EXIT_FAILED
+    if fault.function == INIT:
+        return EXIT_UNAVAILABLE
+    if fault.function == GPU_RESET and fault.error in REFUSED_RESET:
+        # the platform refuses the reset: a reboot is needed (executor rule 7)
+        return EXIT_REBOOT
+    return EXIT_FAILED
 
 
 def judge_message(fault: Fault, message: str) -> List[str]:
