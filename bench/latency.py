@@ -53,6 +53,7 @@ _PROBED: Dict[str, int] = {
 # 377, 410 -> 288).
 RM_QUERY_US = 288
 _RM_QUERIES: Tuple[str, ...] = (
+    "nvmlDeviceGetNvLinkRemoteDeviceType",
     "nvmlDeviceGetGpuInstanceById",
     "nvmlGpuInstanceGetInfo",
     "nvmlGpuInstanceGetComputeInstanceProfileInfo",
