@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import sys
-from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from migrestore.errors import MigrestoreError
@@ -211,23 +210,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_until_killed(cleanup: Callable[[], None]) -> int:
-    def stop(signum: int, frame: Optional[FrameType]) -> None:
-        raise SystemExit(0)
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+
+def _hold_signals() -> None:
+    """Block SIGINT and SIGTERM before the resource is taken and the line saying so is
+    printed: ``_wait_until_killed`` takes them with sigwait, so one sent as soon as the
+    line is read is never lost (a handler plus pause() missed a signal that landed
+    between the handler's check and the pause(), and the process slept for good)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _wait_until_killed(cleanup: Callable[[], None]) -> int:
     try:
-        while True:
-            signal.pause()
+        signal.sigwait(_STOP_SIGNALS)
     finally:
         try:
             cleanup()
         except MigrestoreError as err:
             print(f"{PROG}: {err}", file=sys.stderr)
+    return 0
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
+    _hold_signals()
     sim = Simulator(args.state)
     pid = sim.hold(args.gpu)
     uuid = _uuid_of(sim, args.gpu)
@@ -236,6 +242,7 @@ def cmd_hold(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _hold_signals()
     sim = Simulator(args.state)
     ci_id, mig_uuid = sim.run_process(args.gpu, args.gi, args.ci)
     print(
