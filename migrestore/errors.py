@@ -121,10 +121,19 @@ class BusyError(MigrestoreError):
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, gpu: str, instance: str, pids: Sequence[int]) -> None:
+    def __init__(self, gpu: str, instance: str, pids: Sequence[int], unknown: str = "") -> None:
         self.gpu = gpu
         self.instance = instance
         self.pids = tuple(pids)
+        # the NVML error that keeps its processes unknown (vGPU host), "" when read
+        self.unknown = unknown
+        if unknown:
+            super().__init__(
+                f"GPU {gpu}: refusing to destroy {instance}: processes cannot be read on a "
+                f"vGPU host ({unknown}), so whether it is in use is unknown (make sure no VM "
+                "uses it, then pass --force to destroy it)"
+            )
+            return
         pid_text = ", ".join(str(p) for p in self.pids)
         super().__init__(
             f"GPU {gpu}: refusing to destroy {instance}: processes {pid_text} are running on it "

@@ -53,6 +53,15 @@ Rules:
     (``GpuIdentity.error`` and ``failed``; its UUID and PCI bus id when they were read
     before the failure, else "": without a handle NVML gives neither) and stays so for
     the session. Any other error still fails the observation.
+11. Processes unknown is an observed state, not an error and not zero processes: a MIG
+    device whose process query answers NOT_SUPPORTED (a vGPU host: nvml.h, "querying
+    per-instance information using MIG device handles is not supported if the device is
+    in vGPU Host virtualization mode") is observed with ``pids_error`` set; the
+    observation, verification and the post-READY scan go on. A GPU whose
+    ``nvmlDeviceGetVirtualizationMode`` reads HOST_VGPU or HOST_VSGA is observed as a
+    vGPU host (``GpuIdentity.vgpu_host``, read once per session; a call that fails
+    concludes nothing): a VM may use any of its GIs, CIs or not, without NVML listing
+    a process.
 """
 
 from __future__ import annotations
@@ -190,6 +199,10 @@ OBSERVE_ATTEMPTS = 10
 STRICT_ATTEMPTS = 3
 # What a read answers when another process changed the GPU under it: an instance gone
 # (its handle), or MIG mode switched off between two reads.
+# nvmlGpuVirtualizationMode_t: NVML_GPU_VIRTUALIZATION_MODE_HOST_VGPU (3) and
+# NVML_GPU_VIRTUALIZATION_MODE_HOST_VSGA (4): the GPU is a vGPU host's (rule 11)
+VGPU_HOST_MODES = (3, 4)
+
 VANISHED = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTED")
 # What says that one GPU itself is unwell (rule 10): nvml.h lists these for
 # nvmlDeviceGetHandleByIndex_v2 ("GPU_IS_LOST if the target GPU has fallen off the bus or
@@ -278,6 +291,7 @@ class _Gpu:
     # sick (rule 10): the NVML error name and what failed; "" while healthy
     error: str = ""
     failed: str = ""
+    vgpu_host: bool = False  # rule 11: nvmlDeviceGetVirtualizationMode read HOST_VGPU
 
     @property
     def label(self) -> str:
@@ -295,6 +309,7 @@ class _Gpu:
             pci_subsystem_id=self.pci_subsystem_id,
             error=self.error,
             failed=self.failed,
+            vgpu_host=self.vgpu_host,
         )
 
 
@@ -626,6 +641,10 @@ class Nvml:
                     raise _SickRead(failure, "read its architecture", uuid, bus_id) from err
                 raise failure from err
             arch = "unknown"
+        try:
+            mode = int(pynvml.nvmlDeviceGetVirtualizationMode(handle))
+        except pynvml.NVMLError:
+            mode = -1  # not answered: nothing is concluded from it (rule 11)
         return _Gpu(
             index=index,
             handle=handle,
@@ -635,6 +654,7 @@ class Nvml:
             name=name,
             architecture=arch,
             pci_subsystem_id=int(pci.pciSubSystemId),
+            vgpu_host=mode in VGPU_HOST_MODES,
         )
 
     def _gpu(self, uuid: str) -> _Gpu:
@@ -749,7 +769,7 @@ class Nvml:
             for ci in cis:
                 device = scanned.get((gi.gi_id, ci.ci_id))
                 if device is not None:
-                    ci = replace(ci, uuid=device[0], pids=device[1])
+                    ci = replace(ci, uuid=device[0], pids=device[1], pids_error=device[2])
                 full.append(ci)
             full.sort(key=lambda c: c.placement)
             instances.append(replace(gi, cis=tuple(full)))
@@ -803,15 +823,16 @@ class Nvml:
         stop_at: Optional[Tuple[int, int]] = None,
         want: int = 0,
         tolerant: bool = False,
-    ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]]:
-        """(GI ID, CI ID) -> (MIG device UUID, pids), from the MIG device handles.
+    ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...], str]]:
+        """(GI ID, CI ID) -> (MIG device UUID, pids, the NVML error when the processes
+        cannot be read: rule 11), from the MIG device handles.
 
         Indices without a device answer NOT_FOUND or INVALID_ARGUMENT and are skipped.
         The scan ends once ``want`` devices are found (the CIs just listed); with
         ``stop_at`` it ends at that CI and reads no processes."""
         with _nvml(f"{gpu.label}: read the MIG device count"):
             count = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu.handle))
-        devices: Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]] = {}
+        devices: Dict[Tuple[int, int], Tuple[str, Tuple[int, ...], str]] = {}
         for index in range(count):
             try:
                 mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu.handle, index)
@@ -829,27 +850,34 @@ class Nvml:
                     mig_uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
                 if stop_at is not None:
                     if key == stop_at:
-                        return {key: (mig_uuid, ())}
+                        return {key: (mig_uuid, (), "")}
                     continue
-                pids = self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})")
+                pids, pids_error = self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})")
             except NvmlError as err:
                 if (tolerant or stop_at is not None) and err.nvml_error in VANISHED:
                     continue  # its CI was destroyed between the handle and the reads
                 raise
-            devices[key] = (mig_uuid, pids)
+            devices[key] = (mig_uuid, pids, pids_error)
             if want and len(devices) >= want:
                 break
         return devices
 
     @staticmethod
-    def _pids(mig: Any, what: str) -> Tuple[int, ...]:
+    def _pids(mig: Any, what: str) -> Tuple[Tuple[int, ...], str]:
+        """The pids on a MIG device and "", or () and the NVML error name when NVML does
+        not answer the per-instance query (rule 11)."""
         with _nvml(f"{what}: list its processes"):
             try:
-                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(mig)
-            except pynvml.NVMLLibraryMismatchError:
-                # Drivers older than the _v3 call still have _v2.
-                procs = pynvml.nvmlDeviceGetComputeRunningProcesses_v2(mig)
-        return tuple(sorted({int(p.pid) for p in procs}))
+                try:
+                    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(mig)
+                except pynvml.NVMLLibraryMismatchError:
+                    # Drivers older than the _v3 call still have _v2.
+                    procs = pynvml.nvmlDeviceGetComputeRunningProcesses_v2(mig)
+            except pynvml.NVMLError as err:
+                if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                    return (), error_name(_code(err))
+                raise
+        return tuple(sorted({int(p.pid) for p in procs})), ""
 
     # ------------------------------------------------------------------ profiles
 

@@ -26,7 +26,9 @@ Rules:
 6. All or nothing: an infeasible layout or a forbidden reset on any GPU raises
    ``InfeasibleError`` (its ``where`` is the ``file:line`` of the GPU's rule,
    ``GpuSpec.source``) and no plan is returned; an instance with running processes that
-   would be destroyed raises ``BusyError`` unless ``force``. Infeasibility is reported
+   would be destroyed raises ``BusyError`` unless ``force``, and so does one whose
+   processes are unknown (``pids_error``: NOT_SUPPORTED on a vGPU host; any instance of
+   a GPU NVML reads as a vGPU host): unknown is never zero (issue 12 item 6). Infeasibility is reported
    before processes, so a config error is never masked by a busy GPU.
 6. One sick GPU does not stop the others (issue 12 item 3): a GPU observed sick (NVML
    cannot read it, ``GpuState.sick``) gets no plan and one line in ``Plan.unrestored``
@@ -63,6 +65,10 @@ from migrestore.model import (
     SetMode,
 )
 from migrestore.placement import solve_cis, solve_gis
+
+# Why processes are unknown on an instance of a GPU NVML reads as a vGPU host, when no
+# process query answered NOT_SUPPORTED (a GI without CIs has no MIG device to ask).
+VGPU_HOST_UNKNOWN = "virtualization mode HOST_VGPU: a VM may use it and NVML lists no process"
 
 
 @dataclass(frozen=True)
@@ -179,12 +185,19 @@ class _Builder:
     def reset(self, if_pending: bool) -> None:
         self.mode.append(Reset(self.gpu.uuid, self.gpu.index, if_pending))
 
-    def _refuse(self, instance: str, pids: Tuple[int, ...]) -> None:
-        if pids and not self.force and self.busy is None:
-            self.busy = BusyError(self.label, instance, pids)
+    def _refuse(self, instance: str, pids: Tuple[int, ...], unknown: str) -> None:
+        if not pids and not unknown and self.gpu.identity.vgpu_host:
+            # a VM may use the instance (a GI without CIs too): NVML lists no process
+            unknown = VGPU_HOST_UNKNOWN
+        if (pids or unknown) and not self.force and self.busy is None:
+            self.busy = BusyError(self.label, instance, pids, unknown)
 
     def destroy_ci(self, gi: GpuInstance, ci: ComputeInstance) -> None:
-        self._refuse(f"CI {ci.ci_id} ({ci.profile} at {ci.placement}) in {gi.describe()}", ci.pids)
+        self._refuse(
+            f"CI {ci.ci_id} ({ci.profile} at {ci.placement}) in {gi.describe()}",
+            ci.pids,
+            ci.pids_error,
+        )
         act = DestroyCi(
             self.gpu.uuid,
             self.gpu.index,
@@ -198,7 +211,7 @@ class _Builder:
         self.destroy_cis.append(((gi.placement.start, ci.placement.start), act))
 
     def destroy_gi(self, gi: GpuInstance) -> None:
-        self._refuse(gi.describe(), gi.pids)
+        self._refuse(gi.describe(), gi.pids, gi.pids_error)
         for ci in gi.cis:
             self.destroy_ci(gi, ci)
         act = DestroyGi(
@@ -368,6 +381,8 @@ def _plan_enabled(b: _Builder, spec: GpuSpec, gpu: GpuState, allow_reset: bool) 
 
 
 def _ci_names(label: str, profile: GiProfile, wanted: InstanceSpec) -> Tuple[str, ...]:
+    if wanted.no_compute:
+        return ()  # compute: [] (a vGPU host's GI): no CI at all
     if wanted.compute:
         return wanted.compute
     default = profile.default_ci()

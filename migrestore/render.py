@@ -120,6 +120,8 @@ def status_json(observed: Sequence[GpuState], driver_version: str) -> Dict[str, 
                 "pci_device_id": f"0x{ident.pci_device_id:08X}",
                 "name": ident.name,
                 "architecture": ident.architecture,
+                # NVML reads its virtualization mode as a vGPU host's (nvml rule 11)
+                "vgpu_host": ident.vgpu_host,
                 "error": (
                     {"nvml_error": ident.error, "failed": ident.failed} if ident.sick else None
                 ),
@@ -142,6 +144,9 @@ def status_json(observed: Sequence[GpuState], driver_version: str) -> Dict[str, 
                                 "placement": _pair(ci.placement),
                                 "uuid": ci.uuid,
                                 "pids": list(ci.pids),
+                                # the NVML error when processes cannot be read (a vGPU
+                                # host): pids is then unknown, not empty
+                                "pids_error": ci.pids_error or None,
                             }
                             for ci in gi.cis
                         ],
@@ -181,6 +186,8 @@ def status_text(observed: Sequence[GpuState]) -> str:
                     rows.append((*first, "-", "-", "-", "-", "-"))
                 for ci in gi.cis:
                     pids = ",".join(str(p) for p in ci.pids) or "-"
+                    if ci.pids_error:
+                        pids = f"unknown ({ci.pids_error.replace('NVML_ERROR_', '')})"
                     ci_cells = (str(ci.ci_id), ci.profile, str(ci.placement), ci.uuid or "-", pids)
                     rows.append((*first, *ci_cells))
             if rows:
