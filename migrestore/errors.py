@@ -14,7 +14,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 # sysexits.h values, as documented in --help and the README.
 EXIT_OK = 0
@@ -110,6 +110,10 @@ class ActionFailed(MigrestoreError):
         self.gpu = gpu
         self.action = action
         self.nvml_error = nvml_error
+        # set by the executor: the UUIDs of every GPU whose actions failed in the round,
+        # and for each (same order) the line saying what it is left with ("": unread)
+        self.failed_gpus: Tuple[str, ...] = ()
+        self.left: Tuple[str, ...] = ()
         text = f"GPU {gpu}: {action} failed: {nvml_error}"
         if detail:
             text += f" ({detail})"

@@ -521,6 +521,13 @@ class GpuPlan:
     gpu_index: int
     actions: Tuple[Action, ...]
     spec: Optional[GpuSpec] = None  # None: no rule matched, the GPU is left alone
+    # the step of each action (same length as ``actions``; () = one step): a step is
+    # destroys and the creations that need them; steps are independent of each other,
+    # so a failed destroy stops its own step only (issue 12 item 8)
+    steps: Tuple[int, ...] = ()
+
+    def step_of(self, i: int) -> int:
+        return self.steps[i] if self.steps else 0
 
 
 @dataclass(frozen=True)

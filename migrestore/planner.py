@@ -12,6 +12,14 @@ Rules:
 3. Per GPU the actions are ordered: destroy CIs, destroy GIs, set MIG mode, reset, create
    GIs (ascending placement start), create CIs (by GI start, then CI start). GIs are named
    by placement start because the IDs of new GIs are only known once they exist.
+   Without a mode change the actions are cut into independent steps
+   (``GpuPlan.steps``; issue 12 item 8): a step is the destroys a set of creations
+   needs (GIs whose memory slices overlap, GIs of one profile, every GI when a
+   media-engine profile is involved; the CI changes of one kept GI) and those
+   creations, in the order above. Steps without a destroy come first, then by lowest
+   placement start. A destroy that fails (IN_USE from a holder no process query lists)
+   stops its step only: no instance the config keeps is ever destroyed, and the other
+   steps still make their part of the declared geometry.
 4. Mode: Hopper and later change the mode at once (SET_MODE, never a reset); Ampere
    activates a change through a GPU reset, planned as RESET(if_pending=True) after
    SET_MODE so the executor resets only if the change stayed pending, or RESET(if_pending
@@ -43,7 +51,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrestore.errors import BusyError, InfeasibleError
 from migrestore.model import (
@@ -63,6 +71,7 @@ from migrestore.model import (
     Plan,
     Reset,
     SetMode,
+    media_class,
 )
 from migrestore.placement import solve_cis, solve_gis
 
@@ -79,6 +88,7 @@ class _GpuOutcome:
     note: str  # why nothing is done, when nothing is done
     busy: Optional[BusyError]  # the first instance with processes the plan would destroy
     deferred: Tuple[str, ...] = ()  # what is planned after this plan ran, and why
+    steps: Tuple[int, ...] = ()  # GpuPlan.steps
 
 
 def plan(
@@ -141,7 +151,7 @@ def plan(
         if outcome.deferred:
             deferred.append(gpu.uuid)
             notes.extend(outcome.deferred)
-        plans.append(GpuPlan(gpu.uuid, gpu.index, outcome.actions, spec))
+        plans.append(GpuPlan(gpu.uuid, gpu.index, outcome.actions, spec, outcome.steps))
     if busy is not None:
         raise busy
     return Plan(tuple(plans), tuple(unmatched), tuple(notes), tuple(deferred), tuple(unrestored))
@@ -246,12 +256,72 @@ class _Builder:
         self.create_cis.append(((gi_start, placement.start), act))
 
     def actions(self) -> Tuple[Action, ...]:
-        out: List[Action] = [a for _, a in sorted(self.destroy_cis, key=lambda x: x[0])]
-        out += [a for _, a in sorted(self.destroy_gis, key=lambda x: x[0])]
-        out += self.mode
-        out += [a for _, a in sorted(self.create_gis, key=lambda x: x[0])]
-        out += [a for _, a in sorted(self.create_cis, key=lambda x: x[0])]
-        return tuple(out)
+        return tuple(a for a, _ in self.stepped())
+
+    def stepped(self) -> List[Tuple[Action, int]]:
+        """The actions in order with their step (rule 3)."""
+        destroy_cis = [a for _, a in sorted(self.destroy_cis, key=lambda x: x[0])]
+        destroy_gis = [a for _, a in sorted(self.destroy_gis, key=lambda x: x[0])]
+        create_gis = [a for _, a in sorted(self.create_gis, key=lambda x: x[0])]
+        create_cis = [a for _, a in sorted(self.create_cis, key=lambda x: x[0])]
+        if self.mode:
+            ordered: List[Action] = [*destroy_cis, *destroy_gis, *self.mode]
+            ordered += [*create_gis, *create_cis]
+            return [(a, 0) for a in ordered]
+        # Union-find over the GIs by placement start ("d" destroyed, "c" created).
+        parent: Dict[Tuple[str, int], Tuple[str, int]] = {}
+
+        def find(x: Tuple[str, int]) -> Tuple[str, int]:
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        def union(x: Tuple[str, int], y: Tuple[str, int]) -> None:
+            parent[find(x)] = find(y)
+
+        gone = [(("d", a.placement.start), a.profile, a.placement) for a in destroy_gis]
+        made = [(("c", a.placement.start), a.profile, a.placement) for a in create_gis]
+        media = any(media_class(p) in ("all", "me") for _, p, _ in gone + made)
+        for key, _, _ in gone + made:
+            find(key)
+        for dkey, dprofile, dplace in gone:
+            for ckey, cprofile, cplace in made:
+                if media or dprofile == cprofile or dplace.overlaps(cplace):
+                    union(dkey, ckey)
+
+        def key_of(action: Action) -> Tuple[str, int]:
+            if isinstance(action, DestroyGi):
+                return find(("d", action.placement.start))
+            if isinstance(action, CreateGi):
+                return find(("c", action.placement.start))
+            if isinstance(action, DestroyCi):
+                gi = ("d", action.gi_start)
+                return find(gi) if gi in parent else ("k", action.gi_start)
+            if isinstance(action, CreateCi):
+                gi = ("c", action.gi_start)
+                return find(gi) if gi in parent else ("k", action.gi_start)
+            raise AssertionError(f"not a GI or CI action: {action!r}")
+
+        ordered = [*destroy_cis, *destroy_gis, *create_gis, *create_cis]
+        groups: Dict[Tuple[str, int], List[Action]] = {}
+        for action in ordered:
+            groups.setdefault(key_of(action), []).append(action)
+
+        def order(group: List[Action]) -> Tuple[bool, int]:
+            destroys = any(isinstance(a, (DestroyCi, DestroyGi)) for a in group)
+            starts = [
+                a.gi_start if isinstance(a, (DestroyCi, CreateCi)) else a.placement.start
+                for a in group
+                if not isinstance(a, (SetMode, Reset))
+            ]
+            return destroys, min(starts)
+
+        out: List[Tuple[Action, int]] = []
+        for step, group in enumerate(sorted(groups.values(), key=order)):
+            out.extend((a, step) for a in group)
+        return out
 
 
 def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -> _GpuOutcome:
@@ -260,7 +330,9 @@ def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -
         _plan_enabled(b, spec, gpu, allow_reset)
     else:
         _plan_disabled(b, gpu, allow_reset)
-    actions = b.actions()
+    stepped = b.stepped()
+    actions = tuple(a for a, _ in stepped)
+    steps = tuple(step for _, step in stepped)
     note = ""
     if not actions and not b.deferred:
         if spec.mig:
@@ -268,7 +340,9 @@ def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -
             note = f"GPU {gpu.index}: converged ({n} instance{'' if n == 1 else 's'})"
         else:
             note = f"GPU {gpu.index}: converged (MIG off)"
-    return _GpuOutcome(actions, note, b.busy, tuple(b.deferred))
+    if len(set(steps)) <= 1:
+        steps = ()
+    return _GpuOutcome(actions, note, b.busy, tuple(b.deferred), steps)
 
 
 def _forbidden_reset(gpu: GpuState, what: str, fix: str) -> InfeasibleError:
