@@ -35,8 +35,9 @@ Rules:
    ``InfeasibleError`` (its ``where`` is the ``file:line`` of the GPU's rule,
    ``GpuSpec.source``) and no plan is returned; an instance with running processes that
    would be destroyed raises ``BusyError`` unless ``force``, and so does one whose
-   processes are unknown (``pids_error``: NOT_SUPPORTED on a vGPU host; any instance of
-   a GPU NVML reads as a vGPU host): unknown is never zero (issue 12 item 6). Infeasibility is reported
+   processes are unknown (``pids_error``: NOT_SUPPORTED on a vGPU host; then any
+   instance of that GPU, a GI without CIs too, since a VM may use it unlisted):
+   unknown is never zero (issue 12 item 6). Infeasibility is reported
    before processes, so a config error is never masked by a busy GPU.
 6. One sick GPU does not stop the others (issue 12 item 3): a GPU observed sick (NVML
    cannot read it, ``GpuState.sick``) gets no plan and one line in ``Plan.unrestored``
@@ -74,10 +75,6 @@ from migrestore.model import (
     media_class,
 )
 from migrestore.placement import solve_cis, solve_gis
-
-# Why processes are unknown on an instance of a GPU NVML reads as a vGPU host, when no
-# process query answered NOT_SUPPORTED (a GI without CIs has no MIG device to ask).
-VGPU_HOST_UNKNOWN = "virtualization mode HOST_VGPU: a VM may use it and NVML lists no process"
 
 
 @dataclass(frozen=True)
@@ -185,6 +182,11 @@ class _Builder:
         self.create_cis: List[Tuple[Tuple[int, int], CreateCi]] = []
         self.busy: Optional[BusyError] = None
         self.deferred: List[str] = []
+        # the NVML error of a MIG device of this GPU whose processes cannot be read: the
+        # GPU is a vGPU host and no instance of it has known processes (rule 6)
+        self.vgpu_host = next(
+            (ci.pids_error for gi in gpu.instances for ci in gi.cis if ci.pids_error), ""
+        )
 
     def defer(self, why: str) -> None:
         self.deferred.append(f"GPU {self.gpu.index}: {why}")
@@ -196,9 +198,10 @@ class _Builder:
         self.mode.append(Reset(self.gpu.uuid, self.gpu.index, if_pending))
 
     def _refuse(self, instance: str, pids: Tuple[int, ...], unknown: str) -> None:
-        if not pids and not unknown and self.gpu.identity.vgpu_host:
-            # a VM may use the instance (a GI without CIs too): NVML lists no process
-            unknown = VGPU_HOST_UNKNOWN
+        if not pids and not unknown:
+            # a GPU some MIG device of which answers NOT_SUPPORTED is a vGPU host: a VM
+            # may use any of its instances (a GI without CIs too) unlisted
+            unknown = self.vgpu_host
         if (pids or unknown) and not self.force and self.busy is None:
             self.busy = BusyError(self.label, instance, pids, unknown)
 

@@ -98,7 +98,6 @@ KINDS: Dict[str, str] = {
     "nvmlDeviceGetDeviceHandleFromMigDeviceHandle": "hH",
     "nvmlDeviceGetComputeRunningProcesses_v3": "hpp",
     "nvmlDeviceGetComputeRunningProcesses_v2": "hpp",
-    "nvmlDeviceGetVirtualizationMode": "hp",
 }
 
 INIT = frozenset({"nvmlInit_v2", "nvmlInitWithFlags"})

@@ -32,8 +32,7 @@ Rules (sources in ``docs/SIMULATOR.md`` and ``nvml-semantics.md``):
 9. A GPU in vGPU host mode (``GpuRecord.vgpu_host``) answers NOT_SUPPORTED to process
    queries on its MIG device handles (nvml.h, ``nvmlDeviceGetComputeRunningProcesses_v3``:
    "not supported if the device is in vGPU Host virtualization mode"); the aggregate
-   query on the GPU's own handle still answers, and its virtualization mode reads
-   HOST_VGPU.
+   query on the GPU's own handle still answers.
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def test_a_gi_without_cis_on_a_vgpu_host_is_not_destroyed_unless_forced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], node: str
 ) -> None:
     """A VM may use a GI with no CI (no MIG device, so no process query to ask): on a
-    GPU NVML reads as a vGPU host, its processes are unknown too."""
+    GPU whose MIG devices answer NOT_SUPPORTED (a vGPU host), its processes are unknown
+    too."""
     cfg = write(tmp_path / "vgpu.yaml", LAYOUT)
     assert run(capsys, "--simulate", node, "-c", cfg, "apply", "--no-clients").code == EXIT_OK
     fewer = write(
@@ -140,7 +141,7 @@ def test_a_gi_without_cis_on_a_vgpu_host_is_not_destroyed_unless_forced(
     refused = run(capsys, "--simulate", node, "-c", fewer, "apply", "--no-clients")
     assert refused.code == EXIT_FAILED, refused.err
     (line,) = [ln for ln in refused.err.splitlines() if "refusing to destroy" in ln]
-    assert "GPU 0 (" in line and "3g.40gb at 0:4" in line and "HOST_VGPU" in line, line
+    assert "GPU 0 (" in line and "3g.40gb at 0:4" in line and UNKNOWN in line, line
     forced = run(capsys, "--simulate", node, "-c", fewer, "apply", "--no-clients", "--force")
     assert forced.code == EXIT_OK, forced.err
     status = run(capsys, "--simulate", node, "status", "--json").json()
