@@ -31,6 +31,14 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
    systemd for what the pass declared it still needs, so ``TimeoutStopSec=`` does not
    kill it mid-reset (issue 12 item 2; docs/SYSTEMD.md has the arithmetic).
 
+Back-off (issue 12 item 8): a watch tick whose restore failed on a GPU (a destroy
+answering IN_USE for an instance no process is listed on: DCGM, a leaked handle) does
+not make every later tick stop and start the client units again. The GPU is retried
+when its observed geometry changes, on SIGHUP, or after a delay that starts at
+``BACKOFF_FIRST`` (at least four intervals) and doubles up to ``BACKOFF_MAX``; until
+then each tick writes one ``restore_backed_off`` warning naming the GPU, what failed
+and what is left, and changes nothing.
+
 Rules: NVML is open only for a pass, a watch tick or a reload check, and shut down
 after (issue 12 item 1): a process with NVML initialised holds /dev/nvidiactl, the GPUs'
 nodes and the MIG capability nodes and counts as a client of every GPU, so an idle
@@ -50,13 +58,15 @@ import select
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from migrestore import backend, engine, logs, metrics, publish, render
 from migrestore import config as configmod
 from migrestore.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
+    ActionFailed,
     ConfigError,
     DriverUnavailable,
     InfeasibleError,
@@ -77,6 +87,34 @@ TICK_BUDGET = LOCK_TIMEOUT + 60.0
 # units it stopped again (``systemctl start --no-block``, each bounded by
 # services.QUERY_TIMEOUT) and writing the state file. Per client unit, plus this.
 STOP_MARGIN = 30.0
+# A GPU whose restore failed is retried after this long (or four intervals, if longer),
+# then twice as long each time, at most BACKOFF_MAX (module docstring, back-off).
+BACKOFF_FIRST = 300.0
+BACKOFF_MAX = 3600.0
+
+
+def _geometry(gpu: GpuState) -> Tuple[object, ...]:
+    """What a GPU's back-off compares: its mode and instances (not processes)."""
+    return (
+        gpu.mig_current,
+        gpu.mig_pending,
+        tuple(
+            (gi.profile, gi.placement, tuple((ci.profile, ci.placement) for ci in gi.cis))
+            for gi in gpu.instances
+        ),
+    )
+
+
+@dataclass
+class _Backoff:
+    """A GPU whose restore failed at a watch tick: not retried before ``retry_at``
+    unless its geometry changed."""
+
+    geometry: Tuple[object, ...]
+    delay: float
+    retry_at: float
+    error: str
+    left: str
 
 
 class _Signals:
@@ -219,6 +257,7 @@ class Daemon:
         self.unrestored: Tuple[str, ...] = ()  # the GPUs the last pass could not restore
         self.signals: Optional[_Signals] = None  # SIGTERM cuts the waits short
         self.guard: Optional[_Guard] = None  # while a pass, a watch tick or a reload runs
+        self.backoff: Dict[str, _Backoff] = {}  # by GPU uuid (module docstring)
         self.publisher = publish.Publisher(
             self.state_path,
             metrics.textfile_path(cfg.metrics_textfile, simulate),
@@ -447,9 +486,19 @@ class Daemon:
             return
         drift = render.drift_text(decision.plan.actions)
         if restore:
+            if reason == "reload":
+                self.backoff.clear()  # SIGHUP: try every GPU again now
+            elif self._backed_off(decision):
+                return
             if reason != "reload":
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
-            outcome = self.converge_locked(decision, drift=reason != "reload")
+            try:
+                outcome = self.converge_locked(decision, drift=reason != "reload")
+            except ActionFailed as exc:
+                self._back_off(exc)
+                raise
+            for action in decision.plan.actions:
+                self.backoff.pop(action.gpu, None)
             self.summary = outcome.summary()
             self.unrestored = outcome.plan.unrestored
             self.log.info("restored", reason=reason, changes=outcome.changes, outcome=self.summary)
@@ -463,6 +512,64 @@ class Daemon:
             self.notifier.status(f"drift: {drift}")
             # the state file lists the MIG device UUIDs: read them for it
             self.write_state(RunResult.DRIFT, drift, self.nv.observe())
+
+    def _backed_off(self, decision: engine.Decision) -> bool:
+        """True when every GPU the decision would change is backed off (its restore
+        failed, its geometry is unchanged since, its retry time not reached): one
+        warning per such GPU and tick, nothing changed."""
+        gpus = {g.uuid: g for g in decision.observed}
+        pending = {a.gpu for a in decision.plan.actions} | set(decision.plan.deferred)
+        now = time.monotonic()
+        waiting: List[Tuple[GpuState, _Backoff]] = []
+        for uuid in sorted(pending):
+            entry = self.backoff.get(uuid)
+            gpu = gpus.get(uuid)
+            if gpu is None or entry is None:
+                return False
+            if now >= entry.retry_at or _geometry(gpu) != entry.geometry:
+                return False
+            waiting.append((gpu, entry))
+        if not waiting:
+            return False
+        for gpu, entry in waiting:
+            self.log.warning(
+                "restore_backed_off",
+                gpu=gpu.index,
+                error=entry.error,
+                left=entry.left,
+                outcome=(
+                    f"not restoring again for {entry.retry_at - now:.0f}s (or when its "
+                    "geometry changes, or on SIGHUP); the client units are left running"
+                ),
+            )
+        self.notifier.status(
+            "restore backed off: "
+            + "; ".join(f"GPU {gpu.index}: {entry.error}" for gpu, entry in waiting)
+        )
+        return True
+
+    def _back_off(self, exc: ActionFailed) -> None:
+        """Record the GPUs a failed tick's restore could not finish (module docstring)."""
+        try:
+            observed = {g.uuid: g for g in self.nv.observe(devices=False)} if self.nv else {}
+        except MigrestoreError:
+            observed = {}
+        lefts = dict(zip(exc.failed_gpus, exc.left))
+        now = time.monotonic()
+        for uuid in exc.failed_gpus:
+            gpu = observed.get(uuid)
+            if gpu is None:
+                continue
+            previous = self.backoff.get(uuid)
+            first = max(BACKOFF_FIRST, 4 * self.cfg.drift_interval)
+            delay = min(BACKOFF_MAX, previous.delay * 2) if previous is not None else first
+            self.backoff[uuid] = _Backoff(
+                _geometry(gpu),
+                delay,
+                now + delay,
+                str(exc).split("; left: ")[0],
+                lefts.get(uuid, ""),
+            )
 
     def reload(self) -> None:
         """SIGHUP: load the config again and converge to it. A config that is invalid,

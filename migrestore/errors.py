@@ -14,7 +14,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 # sysexits.h values, as documented in --help and the README.
 EXIT_OK = 0
@@ -135,6 +135,10 @@ class ActionFailed(MigrestoreError):
         self.gpu = gpu
         self.action = action
         self.nvml_error = nvml_error
+        # set by the executor: the UUIDs of every GPU whose actions failed in the round,
+        # and for each (same order) the line saying what it is left with ("": unread)
+        self.failed_gpus: Tuple[str, ...] = ()
+        self.left: Tuple[str, ...] = ()
         text = f"GPU {gpu}: {action} failed: {nvml_error}"
         if detail:
             text += f" ({detail})"
@@ -146,10 +150,19 @@ class BusyError(MigrestoreError):
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, gpu: str, instance: str, pids: Sequence[int]) -> None:
+    def __init__(self, gpu: str, instance: str, pids: Sequence[int], unknown: str = "") -> None:
         self.gpu = gpu
         self.instance = instance
         self.pids = tuple(pids)
+        # the NVML error that keeps its processes unknown (vGPU host), "" when read
+        self.unknown = unknown
+        if unknown:
+            super().__init__(
+                f"GPU {gpu}: refusing to destroy {instance}: processes cannot be read on a "
+                f"vGPU host ({unknown}), so whether it is in use is unknown (make sure no VM "
+                "uses it, then pass --force to destroy it)"
+            )
+            return
         pid_text = ", ".join(str(p) for p in self.pids)
         super().__init__(
             f"GPU {gpu}: refusing to destroy {instance}: processes {pid_text} are running on it "

@@ -6,9 +6,14 @@ Rules:
    log lines of a GPU are buffered and written in GPU order once every GPU is done, so
    the output is the same whatever the threads' timing.
 2. One log line per action, with GPU, action, profile, placement and outcome.
-3. Never retry blindly. A failed action stops that GPU's list; the error names the GPU,
-   the action and the NVML error. Whatever state is left, the next run plans from a
-   fresh observation and converges.
+3. Never retry blindly. A failed action stops its step of that GPU's list
+   (``GpuPlan.steps``, planner rule 3: the destroys and the creations that need them);
+   the GPU's other steps are independent of it and still run, so a destroy that fails
+   IN_USE half-way (a holder no process query lists: DCGM, a leaked handle) leaves as
+   much of the declared geometry as can be made. The error names the GPU, the action
+   and the NVML error; one ``left`` line per failed GPU says what is left (the declared
+   GIs in place, those not made, the instance that could not be destroyed). Whatever
+   state is left, the next run plans from a fresh observation and converges.
 4. A mode change is checked, never assumed: the activation status NVML returns is read,
    and the mode is read back after the change (and after a reset).
 5. Success means the observed geometry equals the desired one: after the actions the
@@ -226,14 +231,27 @@ class _GpuRun:
     def run(self) -> GpuOutcome:
         actions = self.plan.actions
         error: Optional[MigrestoreError] = None
-        try:
-            for i, action in enumerate(actions):
-                following = actions[i + 1] if i + 1 < len(actions) else None
+        failed_steps: List[int] = []
+        for i, action in enumerate(actions):
+            step = self.plan.step_of(i)
+            if step in failed_steps:
+                continue  # rule 3: the rest of a failed step needs what failed
+            following = actions[i + 1] if i + 1 < len(actions) else None
+            if following is not None and self.plan.step_of(i + 1) != step:
+                following = None
+            try:
                 self.step(action, following)
-        except _GroupReset:
-            self.group = True
-        except MigrestoreError as exc:
-            error = exc
+            except _GroupReset:
+                # the list ends at its reset: the group reset after the round does it,
+                # and a plan with a reset has no steps (the reset destroys everything)
+                self.group = True
+                break
+            except MigrestoreError as exc:
+                failed_steps.append(step)
+                if error is None:
+                    error = exc
+                if not self.plan.steps:
+                    break
         return GpuOutcome(
             self.uuid, self.plan.gpu_index, self.changes, error, tuple(self.records), self.group
         )
@@ -449,9 +467,15 @@ def execute(
         if failed:
             first = failed[0].error
             assert first is not None
+            lefts = _report_left(nv, failed, desired, log)
             if len(failed) > 1:
                 others = ", ".join(str(o.gpu_index) for o in failed[1:])
                 log.error("other_gpus_failed", gpus=others)
+            if isinstance(first, ActionFailed):
+                first.failed_gpus = tuple(o.gpu for o in failed)
+                first.left = lefts
+                if any(lefts):  # the state file and status say what is left
+                    first.message += "; left: " + "; ".join(t for t in lefts if t)
             raise first
         again = list(plan.deferred)
         if any(o.group_reset for o in outcomes):
@@ -531,6 +555,57 @@ def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:
         ) from exc
     log.info("group_reset", gpus=names, fabric_manager=fm, outcome="ok")
     return len(members)
+
+
+def left_text(gpu: GpuState, spec: Optional[GpuSpec], error: MigrestoreError) -> str:
+    """What a failed GPU is left with (rule 3): the declared GIs in place, those not
+    made, and what failed."""
+    if spec is None or not spec.mig:
+        return f"GPU {gpu.index}: {error}"
+    try:
+        rest = planner.plan({gpu.uuid: spec}, [gpu], force=True)
+    except MigrestoreError:
+        return f"GPU {gpu.index}: {error}"
+    wanted = len(spec.instances)
+    missing = [a for a in rest.actions if isinstance(a, CreateGi)]
+    extra = [a for a in rest.actions if isinstance(a, DestroyGi)]
+    cis = sum(1 for a in rest.actions if isinstance(a, (CreateCi, DestroyCi)))
+    text = f"GPU {gpu.index}: {wanted - len(missing)} of {wanted} declared GPU instances in place"
+    if missing:
+        text += "; not made: " + ", ".join(f"{a.profile} at {a.placement}" for a in missing)
+    if extra:
+        text += "; still there: " + ", ".join(
+            f"GI {a.gi_id} ({a.profile} at {a.placement})" for a in extra
+        )
+    if cis:
+        text += f"; {cis} compute-instance change(s) left"
+    return text
+
+
+def _report_left(
+    nv: Nvml,
+    failed: Sequence[GpuOutcome],
+    desired: Mapping[str, Optional[GpuSpec]],
+    log: Any,
+) -> Tuple[str, ...]:
+    """One ``left`` error line per failed GPU, from a fresh read of it (rule 3); the
+    texts in the order of ``failed`` ("" for a GPU that could not be read again)."""
+    lines: List[str] = []
+    for outcome in failed:
+        assert outcome.error is not None
+        try:
+            gpu = nv.observe_gpu(outcome.gpu)
+        except MigrestoreError:
+            lines.append("")  # the failure itself is reported; the read adds nothing
+            continue
+        text = left_text(gpu, desired.get(outcome.gpu), outcome.error)
+        fields: Dict[str, Any] = {"gpu": outcome.gpu_index}
+        if isinstance(outcome.error, ActionFailed):
+            fields["failed"] = outcome.error.action
+            fields["nvml_error"] = outcome.error.nvml_error
+        log.error("left", outcome=text, **fields)
+        lines.append(text)
+    return tuple(lines)
 
 
 def _run_round(

@@ -18,11 +18,11 @@ Rules:
    named by mistake) is refused, never emptied or chmod'ed. Its directory must belong
    to root (or to us) and be writable by nobody else: otherwise another user could
    hold the lock forever. Every refusal names the fix.
+4. The descriptor is close-on-exec, so programs we start (hooks, systemctl) never
+   inherit the lock and cannot keep it after we exit.
 5. Bookkeeping never stops a restore: when the file cannot be created (a full or
    read-only /run) the directory lock still serialises runs; waiters then read the
    holder as "pid unknown".
-4. The descriptor is close-on-exec, so programs we start (hooks, systemctl) never
-   inherit the lock and cannot keep it after we exit.
 """
 
 from __future__ import annotations

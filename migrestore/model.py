@@ -13,6 +13,9 @@ Rules:
 4. A GI is identified on its GPU by its placement start: GI placements never overlap,
    so ``(gpu uuid, placement.start)`` names one GI for its whole life. GI IDs are read
    back from the driver, never predicted.
+5. Processes unknown is not zero processes: a MIG device whose process query NVML
+   does not answer (NOT_SUPPORTED on a vGPU host) carries the NVML error in
+   ``ComputeInstance.pids_error`` and ``pids`` says nothing about it.
 """
 
 from __future__ import annotations
@@ -183,6 +186,9 @@ class ComputeInstance:
     placement: Placement  # compute slices inside the GI
     uuid: str  # MIG device UUID ("MIG-..."); "" when the driver exposes none
     pids: Tuple[int, ...] = ()
+    # the NVML error name when its processes cannot be read (NVML_ERROR_NOT_SUPPORTED on
+    # a vGPU host): processes unknown, never "no process" (rule 5); "" when read
+    pids_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,11 @@ class GpuInstance:
     @property
     def pids(self) -> Tuple[int, ...]:
         return tuple(sorted({pid for ci in self.cis for pid in ci.pids}))
+
+    @property
+    def pids_error(self) -> str:
+        """The NVML error of the first CI whose processes cannot be read, or ""."""
+        return next((ci.pids_error for ci in self.cis if ci.pids_error), "")
 
     def describe(self) -> str:
         return f"GI {self.gi_id} ({self.profile} at {self.placement})"
@@ -252,6 +263,9 @@ class InstanceSpec:
     profile: str  # GI profile name
     placement: Optional[int] = None  # start slice, or None: the solver chooses
     compute: Tuple[str, ...] = ()  # CI profile names; () = one CI covering the GI
+    # ``compute: []``: a GI with no compute instance (a vGPU host's GI, which the
+    # hypervisor hands to a VM whole); ``compute`` is then ()
+    no_compute: bool = False
     # Where the config wrote it (line and key path), for messages; not part of its value.
     line: Optional[int] = field(default=None, compare=False)
     key: str = field(default="", compare=False)
@@ -504,6 +518,13 @@ class GpuPlan:
     gpu_index: int
     actions: Tuple[Action, ...]
     spec: Optional[GpuSpec] = None  # None: no rule matched, the GPU is left alone
+    # the step of each action (same length as ``actions``; () = one step): a step is
+    # destroys and the creations that need them; steps are independent of each other,
+    # so a failed destroy stops its own step only (issue 12 item 8)
+    steps: Tuple[int, ...] = ()
+
+    def step_of(self, i: int) -> int:
+        return self.steps[i] if self.steps else 0
 
 
 @dataclass(frozen=True)

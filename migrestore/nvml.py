@@ -61,6 +61,11 @@ Rules:
     one node's fabric is taken as one peer group (a DGX/HGX A100 has one baseboard).
     Several GPUs are reset in one command (``reset_gpus``), as nvidia-smi(1) requires
     for NVLink peers while Fabric Manager is not running.
+12. Processes unknown is an observed state, not an error and not zero processes: a MIG
+    device whose process query answers NOT_SUPPORTED (a vGPU host: nvml.h, "querying
+    per-instance information using MIG device handles is not supported if the device is
+    in vGPU Host virtualization mode") is observed with ``pids_error`` set; the
+    observation, verification and the post-READY scan go on.
 """
 
 from __future__ import annotations
@@ -812,7 +817,7 @@ class Nvml:
             for ci in cis:
                 device = scanned.get((gi.gi_id, ci.ci_id))
                 if device is not None:
-                    ci = replace(ci, uuid=device[0], pids=device[1])
+                    ci = replace(ci, uuid=device[0], pids=device[1], pids_error=device[2])
                 full.append(ci)
             full.sort(key=lambda c: c.placement)
             instances.append(replace(gi, cis=tuple(full)))
@@ -866,15 +871,16 @@ class Nvml:
         stop_at: Optional[Tuple[int, int]] = None,
         want: int = 0,
         tolerant: bool = False,
-    ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]]:
-        """(GI ID, CI ID) -> (MIG device UUID, pids), from the MIG device handles.
+    ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...], str]]:
+        """(GI ID, CI ID) -> (MIG device UUID, pids, the NVML error when the processes
+        cannot be read: rule 11), from the MIG device handles.
 
         Indices without a device answer NOT_FOUND or INVALID_ARGUMENT and are skipped.
         The scan ends once ``want`` devices are found (the CIs just listed); with
         ``stop_at`` it ends at that CI and reads no processes."""
         with _nvml(f"{gpu.label}: read the MIG device count"):
             count = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu.handle))
-        devices: Dict[Tuple[int, int], Tuple[str, Tuple[int, ...]]] = {}
+        devices: Dict[Tuple[int, int], Tuple[str, Tuple[int, ...], str]] = {}
         for index in range(count):
             try:
                 mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu.handle, index)
@@ -892,27 +898,34 @@ class Nvml:
                     mig_uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
                 if stop_at is not None:
                     if key == stop_at:
-                        return {key: (mig_uuid, ())}
+                        return {key: (mig_uuid, (), "")}
                     continue
-                pids = self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})")
+                pids, pids_error = self._pids(mig, f"{what} (GI {key[0]}, CI {key[1]})")
             except NvmlError as err:
                 if (tolerant or stop_at is not None) and err.nvml_error in VANISHED:
                     continue  # its CI was destroyed between the handle and the reads
                 raise
-            devices[key] = (mig_uuid, pids)
+            devices[key] = (mig_uuid, pids, pids_error)
             if want and len(devices) >= want:
                 break
         return devices
 
     @staticmethod
-    def _pids(mig: Any, what: str) -> Tuple[int, ...]:
+    def _pids(mig: Any, what: str) -> Tuple[Tuple[int, ...], str]:
+        """The pids on a MIG device and "", or () and the NVML error name when NVML does
+        not answer the per-instance query (rule 12)."""
         with _nvml(f"{what}: list its processes"):
             try:
-                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(mig)
-            except pynvml.NVMLLibraryMismatchError:
-                # Drivers older than the _v3 call still have _v2.
-                procs = pynvml.nvmlDeviceGetComputeRunningProcesses_v2(mig)
-        return tuple(sorted({int(p.pid) for p in procs}))
+                try:
+                    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(mig)
+                except pynvml.NVMLLibraryMismatchError:
+                    # Drivers older than the _v3 call still have _v2.
+                    procs = pynvml.nvmlDeviceGetComputeRunningProcesses_v2(mig)
+            except pynvml.NVMLError as err:
+                if _code(err) == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                    return (), error_name(_code(err))
+                raise
+        return tuple(sorted({int(p.pid) for p in procs})), ""
 
     # ------------------------------------------------------------------ profiles
 

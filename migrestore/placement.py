@@ -183,8 +183,13 @@ def _instance_sort_key(inst: Union[GpuInstance, ComputeInstance]) -> Tuple[int, 
     return (inst.placement.start, inst.placement.size, ident)
 
 
-def _ci_layout_matches(profile: GiProfile, gi: GpuInstance, compute: Sequence[str]) -> bool:
-    """True when the GI's CIs are already the wanted ones, each at a valid placement."""
+def _ci_layout_matches(
+    profile: GiProfile, gi: GpuInstance, compute: Sequence[str], no_compute: bool = False
+) -> bool:
+    """True when the GI's CIs are already the wanted ones, each at a valid placement
+    (``no_compute``: none at all)."""
+    if no_compute:
+        return not gi.cis
     wanted = tuple(compute)
     if not wanted:
         default = profile.default_ci()
@@ -200,13 +205,15 @@ def _ci_layout_matches(profile: GiProfile, gi: GpuInstance, compute: Sequence[st
     return True
 
 
-def _gi_weight(profile: GiProfile, gi: Optional[GpuInstance], compute: Sequence[str]) -> int:
+def _gi_weight(
+    profile: GiProfile, gi: Optional[GpuInstance], compute: Sequence[str], no_compute: bool
+) -> int:
     if gi is None:
         return 0
     weight = _W_KEEP
-    if gi.pids:
+    if gi.pids or gi.pids_error:  # processes unknown may be processes: keep it too
         weight += _W_BUSY
-    if _ci_layout_matches(profile, gi, compute):
+    if _ci_layout_matches(profile, gi, compute, no_compute):
         weight += _W_UNTOUCHED
     return weight
 
@@ -214,7 +221,7 @@ def _gi_weight(profile: GiProfile, gi: Optional[GpuInstance], compute: Sequence[
 def _ci_weight(ci: Optional[ComputeInstance]) -> int:
     if ci is None:
         return 0
-    return _W_KEEP + (_W_BUSY if ci.pids else 0)
+    return _W_KEEP + (_W_BUSY if ci.pids or ci.pids_error else 0)
 
 
 def _profile_size(placements: Sequence[Placement]) -> int:
@@ -261,7 +268,7 @@ def solve_gis(
 
     fixed = sorted(
         (s for s in wanted if s.placement is not None),
-        key=lambda s: (s.placement, s.profile, s.compute),
+        key=lambda s: (s.placement, s.profile, s.compute, s.no_compute),
     )
     for spec in fixed:
         profile = by_name[spec.profile]
@@ -316,25 +323,26 @@ def solve_gis(
         occupied |= placement.mask()
         result.append((spec, placement, kept))
 
-    members: Dict[Tuple[str, Tuple[str, ...]], List[int]] = {}
+    members: Dict[Tuple[str, Tuple[str, ...], bool], List[int]] = {}
     for i, spec in enumerate(wanted):
         if spec.placement is None:
             # The order CIs are listed in does not matter: ("1c", "2c") == ("2c", "1c").
-            members.setdefault((spec.profile, tuple(sorted(spec.compute))), []).append(i)
+            key = (spec.profile, tuple(sorted(spec.compute)), spec.no_compute)
+            members.setdefault(key, []).append(i)
 
     groups: List[_Group] = []
-    for (name, compute), idx in members.items():
+    for (name, compute, no_compute), idx in members.items():
         idx.sort(key=lambda i: wanted[i].compute)  # equal specs: any order; others: stable
         profile = by_name[name]
         slots = tuple(
-            _Slot(p, p.mask(), _gi_weight(profile, kept, compute), kept)
+            _Slot(p, p.mask(), _gi_weight(profile, kept, compute, no_compute), kept)
             for p in sorted(profile.placements)
             for kept in (keep_at.get((name, p.start, p.size)),)
         )
         size = _profile_size(profile.placements)
         groups.append(
             _Group(
-                order=(-size, len(slots), name, compute),
+                order=(-size, len(slots), name, compute, no_compute),
                 size=size,
                 slots=slots,
                 members=tuple(idx),

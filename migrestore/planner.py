@@ -12,6 +12,14 @@ Rules:
 3. Per GPU the actions are ordered: destroy CIs, destroy GIs, set MIG mode, reset, create
    GIs (ascending placement start), create CIs (by GI start, then CI start). GIs are named
    by placement start because the IDs of new GIs are only known once they exist.
+   Without a mode change the actions are cut into independent steps
+   (``GpuPlan.steps``; issue 12 item 8): a step is the destroys a set of creations
+   needs (GIs whose memory slices overlap, GIs of one profile, every GI when a
+   media-engine profile is involved; the CI changes of one kept GI) and those
+   creations, in the order above. Steps without a destroy come first, then by lowest
+   placement start. A destroy that fails (IN_USE from a holder no process query lists)
+   stops its step only: no instance the config keeps is ever destroyed, and the other
+   steps still make their part of the declared geometry.
 4. Mode: Hopper and later change the mode at once (SET_MODE, never a reset); Ampere
    activates a change through a GPU reset, planned as RESET(if_pending=True) after
    SET_MODE so the executor resets only if the change stayed pending, or RESET(if_pending
@@ -26,9 +34,12 @@ Rules:
 6. All or nothing: an infeasible layout or a forbidden reset on any GPU raises
    ``InfeasibleError`` (its ``where`` is the ``file:line`` of the GPU's rule,
    ``GpuSpec.source``) and no plan is returned; an instance with running processes that
-   would be destroyed raises ``BusyError`` unless ``force``. Infeasibility is reported
+   would be destroyed raises ``BusyError`` unless ``force``, and so does one whose
+   processes are unknown (``pids_error``: NOT_SUPPORTED on a vGPU host; then any
+   instance of that GPU, a GI without CIs too, since a VM may use it unlisted):
+   unknown is never zero (issue 12 item 6). Infeasibility is reported
    before processes, so a config error is never masked by a busy GPU.
-6. One sick GPU does not stop the others (issue 12 item 3): a GPU observed sick (NVML
+7. One sick GPU does not stop the others (issue 12 item 3): a GPU observed sick (NVML
    cannot read it, ``GpuState.sick``) gets no plan and one line in ``Plan.unrestored``
    (index, PCI bus id, what failed, the NVML error; the rule that declared it, when a
    healthy-looking spec was matched to it); a GPU ``desired`` declares that was not
@@ -41,7 +52,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrestore.errors import BusyError, InfeasibleError
 from migrestore.model import (
@@ -61,6 +72,7 @@ from migrestore.model import (
     Plan,
     Reset,
     SetMode,
+    media_class,
 )
 from migrestore.placement import solve_cis, solve_gis
 
@@ -73,6 +85,7 @@ class _GpuOutcome:
     note: str  # why nothing is done, when nothing is done
     busy: Optional[BusyError]  # the first instance with processes the plan would destroy
     deferred: Tuple[str, ...] = ()  # what is planned after this plan ran, and why
+    steps: Tuple[int, ...] = ()  # GpuPlan.steps
 
 
 def plan(
@@ -135,7 +148,7 @@ def plan(
         if outcome.deferred:
             deferred.append(gpu.uuid)
             notes.extend(outcome.deferred)
-        plans.append(GpuPlan(gpu.uuid, gpu.index, outcome.actions, spec))
+        plans.append(GpuPlan(gpu.uuid, gpu.index, outcome.actions, spec, outcome.steps))
     if busy is not None:
         raise busy
     return Plan(tuple(plans), tuple(unmatched), tuple(notes), tuple(deferred), tuple(unrestored))
@@ -169,6 +182,11 @@ class _Builder:
         self.create_cis: List[Tuple[Tuple[int, int], CreateCi]] = []
         self.busy: Optional[BusyError] = None
         self.deferred: List[str] = []
+        # the NVML error of a MIG device of this GPU whose processes cannot be read: the
+        # GPU is a vGPU host and no instance of it has known processes (rule 6)
+        self.vgpu_host = next(
+            (ci.pids_error for gi in gpu.instances for ci in gi.cis if ci.pids_error), ""
+        )
 
     def defer(self, why: str) -> None:
         self.deferred.append(f"GPU {self.gpu.index}: {why}")
@@ -179,12 +197,20 @@ class _Builder:
     def reset(self, if_pending: bool) -> None:
         self.mode.append(Reset(self.gpu.uuid, self.gpu.index, if_pending))
 
-    def _refuse(self, instance: str, pids: Tuple[int, ...]) -> None:
-        if pids and not self.force and self.busy is None:
-            self.busy = BusyError(self.label, instance, pids)
+    def _refuse(self, instance: str, pids: Tuple[int, ...], unknown: str) -> None:
+        if not pids and not unknown:
+            # a GPU some MIG device of which answers NOT_SUPPORTED is a vGPU host: a VM
+            # may use any of its instances (a GI without CIs too) unlisted
+            unknown = self.vgpu_host
+        if (pids or unknown) and not self.force and self.busy is None:
+            self.busy = BusyError(self.label, instance, pids, unknown)
 
     def destroy_ci(self, gi: GpuInstance, ci: ComputeInstance) -> None:
-        self._refuse(f"CI {ci.ci_id} ({ci.profile} at {ci.placement}) in {gi.describe()}", ci.pids)
+        self._refuse(
+            f"CI {ci.ci_id} ({ci.profile} at {ci.placement}) in {gi.describe()}",
+            ci.pids,
+            ci.pids_error,
+        )
         act = DestroyCi(
             self.gpu.uuid,
             self.gpu.index,
@@ -198,7 +224,7 @@ class _Builder:
         self.destroy_cis.append(((gi.placement.start, ci.placement.start), act))
 
     def destroy_gi(self, gi: GpuInstance) -> None:
-        self._refuse(gi.describe(), gi.pids)
+        self._refuse(gi.describe(), gi.pids, gi.pids_error)
         for ci in gi.cis:
             self.destroy_ci(gi, ci)
         act = DestroyGi(
@@ -233,12 +259,72 @@ class _Builder:
         self.create_cis.append(((gi_start, placement.start), act))
 
     def actions(self) -> Tuple[Action, ...]:
-        out: List[Action] = [a for _, a in sorted(self.destroy_cis, key=lambda x: x[0])]
-        out += [a for _, a in sorted(self.destroy_gis, key=lambda x: x[0])]
-        out += self.mode
-        out += [a for _, a in sorted(self.create_gis, key=lambda x: x[0])]
-        out += [a for _, a in sorted(self.create_cis, key=lambda x: x[0])]
-        return tuple(out)
+        return tuple(a for a, _ in self.stepped())
+
+    def stepped(self) -> List[Tuple[Action, int]]:
+        """The actions in order with their step (rule 3)."""
+        destroy_cis = [a for _, a in sorted(self.destroy_cis, key=lambda x: x[0])]
+        destroy_gis = [a for _, a in sorted(self.destroy_gis, key=lambda x: x[0])]
+        create_gis = [a for _, a in sorted(self.create_gis, key=lambda x: x[0])]
+        create_cis = [a for _, a in sorted(self.create_cis, key=lambda x: x[0])]
+        if self.mode:
+            ordered: List[Action] = [*destroy_cis, *destroy_gis, *self.mode]
+            ordered += [*create_gis, *create_cis]
+            return [(a, 0) for a in ordered]
+        # Union-find over the GIs by placement start ("d" destroyed, "c" created).
+        parent: Dict[Tuple[str, int], Tuple[str, int]] = {}
+
+        def find(x: Tuple[str, int]) -> Tuple[str, int]:
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        def union(x: Tuple[str, int], y: Tuple[str, int]) -> None:
+            parent[find(x)] = find(y)
+
+        gone = [(("d", a.placement.start), a.profile, a.placement) for a in destroy_gis]
+        made = [(("c", a.placement.start), a.profile, a.placement) for a in create_gis]
+        media = any(media_class(p) in ("all", "me") for _, p, _ in gone + made)
+        for key, _, _ in gone + made:
+            find(key)
+        for dkey, dprofile, dplace in gone:
+            for ckey, cprofile, cplace in made:
+                if media or dprofile == cprofile or dplace.overlaps(cplace):
+                    union(dkey, ckey)
+
+        def key_of(action: Action) -> Tuple[str, int]:
+            if isinstance(action, DestroyGi):
+                return find(("d", action.placement.start))
+            if isinstance(action, CreateGi):
+                return find(("c", action.placement.start))
+            if isinstance(action, DestroyCi):
+                gi = ("d", action.gi_start)
+                return find(gi) if gi in parent else ("k", action.gi_start)
+            if isinstance(action, CreateCi):
+                gi = ("c", action.gi_start)
+                return find(gi) if gi in parent else ("k", action.gi_start)
+            raise AssertionError(f"not a GI or CI action: {action!r}")
+
+        ordered = [*destroy_cis, *destroy_gis, *create_gis, *create_cis]
+        groups: Dict[Tuple[str, int], List[Action]] = {}
+        for action in ordered:
+            groups.setdefault(key_of(action), []).append(action)
+
+        def order(group: List[Action]) -> Tuple[bool, int]:
+            destroys = any(isinstance(a, (DestroyCi, DestroyGi)) for a in group)
+            starts = [
+                a.gi_start if isinstance(a, (DestroyCi, CreateCi)) else a.placement.start
+                for a in group
+                if not isinstance(a, (SetMode, Reset))
+            ]
+            return destroys, min(starts)
+
+        out: List[Tuple[Action, int]] = []
+        for step, group in enumerate(sorted(groups.values(), key=order)):
+            out.extend((a, step) for a in group)
+        return out
 
 
 def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -> _GpuOutcome:
@@ -247,7 +333,9 @@ def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -
         _plan_enabled(b, spec, gpu, allow_reset)
     else:
         _plan_disabled(b, gpu, allow_reset)
-    actions = b.actions()
+    stepped = b.stepped()
+    actions = tuple(a for a, _ in stepped)
+    steps = tuple(step for _, step in stepped)
     note = ""
     if not actions and not b.deferred:
         if spec.mig:
@@ -255,7 +343,9 @@ def _plan_gpu(spec: GpuSpec, gpu: GpuState, *, force: bool, allow_reset: bool) -
             note = f"GPU {gpu.index}: converged ({n} instance{'' if n == 1 else 's'})"
         else:
             note = f"GPU {gpu.index}: converged (MIG off)"
-    return _GpuOutcome(actions, note, b.busy, tuple(b.deferred))
+    if len(set(steps)) <= 1:
+        steps = ()
+    return _GpuOutcome(actions, note, b.busy, tuple(b.deferred), steps)
 
 
 def _forbidden_reset(gpu: GpuState, what: str, fix: str) -> InfeasibleError:
@@ -368,6 +458,8 @@ def _plan_enabled(b: _Builder, spec: GpuSpec, gpu: GpuState, allow_reset: bool) 
 
 
 def _ci_names(label: str, profile: GiProfile, wanted: InstanceSpec) -> Tuple[str, ...]:
+    if wanted.no_compute:
+        return ()  # compute: [] (a vGPU host's GI): no CI at all
     if wanted.compute:
         return wanted.compute
     default = profile.default_ci()

@@ -142,6 +142,9 @@ def status_json(observed: Sequence[GpuState], driver_version: str) -> Dict[str, 
                                 "placement": _pair(ci.placement),
                                 "uuid": ci.uuid,
                                 "pids": list(ci.pids),
+                                # the NVML error when processes cannot be read (a vGPU
+                                # host): pids is then unknown, not empty
+                                "pids_error": ci.pids_error or None,
                             }
                             for ci in gi.cis
                         ],
@@ -181,6 +184,8 @@ def status_text(observed: Sequence[GpuState]) -> str:
                     rows.append((*first, "-", "-", "-", "-", "-"))
                 for ci in gi.cis:
                     pids = ",".join(str(p) for p in ci.pids) or "-"
+                    if ci.pids_error:
+                        pids = f"unknown ({ci.pids_error.replace('NVML_ERROR_', '')})"
                     ci_cells = (str(ci.ci_id), ci.profile, str(ci.placement), ci.uuid or "-", pids)
                     rows.append((*first, *ci_cells))
             if rows:

@@ -5,7 +5,8 @@ Rules:
 1. One rule per distinct geometry, naming its GPUs by UUID (indexes can change), with
    explicit placements and CI layouts; MIG-off GPUs as ``mig: false``.
 2. What the config cannot say is said in a comment: GPUs that are not MIG-capable (left
-   out), a GI without a compute instance, a pending MIG mode change.
+   out), a pending MIG mode change. A GI without a compute instance (a vGPU host's) is
+   written ``compute: []``.
 3. What it writes parses back to the same geometry (``parse(export(gpus))``).
 4. Pure: text out, no I/O.
 """
@@ -52,8 +53,7 @@ def export(observed: Sequence[GpuState]) -> str:
     """The observed geometry as a native config: one rule per distinct geometry, naming
     its GPUs by UUID, with explicit placements and CI layouts; MIG-off GPUs as
     ``mig: false``. GPUs that are not MIG-capable are left out (and listed in a comment).
-    A GI without any CI is written like one with the default CI (the config cannot ask
-    for an empty GI), with a comment saying so."""
+    A GI without any CI is written ``compute: []``."""
     groups: Dict[object, List[GpuState]] = {}
     left_out: List[GpuState] = []
     for gpu in observed:
@@ -93,14 +93,11 @@ def export(observed: Sequence[GpuState]) -> str:
             continue
         out.append("    instances:")
         for gi in instances:
-            if not gi.cis:
-                out.append(
-                    f"      # the GI at {gi.placement.start} has no compute instance; "
-                    "this config gives it the default one"
-                )
             fields = [f"profile: {_plain(gi.profile)}", f"placement: {gi.placement.start}"]
             layout = _ci_layout(gi)
-            if layout:
+            if not gi.cis:
+                fields.append("compute: []")
+            elif layout:
                 fields.append("compute: [" + ", ".join(_plain(n) for n in layout) + "]")
             out.append("      - {" + ", ".join(fields) + "}")
     for gpu in left_out:

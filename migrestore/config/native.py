@@ -135,12 +135,11 @@ def _match(doc: Doc, node: yaml.Node, key: str) -> Tuple[Selector, ...]:
     return tuple(selectors)
 
 
-def _compute(doc: Doc, node: yaml.Node, key: str, gi: str) -> Tuple[str, ...]:
+def _compute(doc: Doc, node: yaml.Node, key: str, gi: str) -> Optional[Tuple[str, ...]]:
+    """The CI profile names; None for ``compute: []`` (a GI without compute instances)."""
     items = read_seq(doc, node, key, "a list of compute-instance profiles")
     if not items:
-        doc.fail(
-            node, key, "an empty list", "omit 'compute' for one compute instance covering the GI"
-        )
+        return None
     names: List[str] = []
     used = 0
     gi_slices = 0
@@ -236,7 +235,7 @@ def _instances(doc: Doc, node: yaml.Node, key: str) -> List[Wanted]:
             count = 1
         if not starts:
             starts = [None] * count
-        compute: Tuple[str, ...] = ()
+        compute: Optional[Tuple[str, ...]] = ()
         if "compute" in entries:
             compute = _compute(doc, entries["compute"][1], sub_key(ekey, "compute"), profile)
         for where in starts:
@@ -245,7 +244,8 @@ def _instances(doc: Doc, node: yaml.Node, key: str) -> List[Wanted]:
                     InstanceSpec(
                         profile=profile,
                         placement=where,
-                        compute=compute,
+                        compute=compute or (),
+                        no_compute=compute is None,
                         line=node_line(entry),
                         key=ekey,
                     ),

@@ -168,6 +168,8 @@ def _show_text(sim: Simulator) -> str:
             extras.append("permuted GI IDs")
         if gpu.lost:
             extras.append(f"LOST: every call answers {gpu.lost}")
+        if gpu.vgpu_host:
+            extras.append("vGPU host: MIG device process queries answer NOT_SUPPORTED")
         extra = f"  ({', '.join(extras)})" if extras else ""
         lines.append(
             f"GPU {gpu.index} {gpu.uuid} {gpu.model} ({table.nvml_name}) @{gpu.branch} "
@@ -177,11 +179,14 @@ def _show_text(sim: Simulator) -> str:
             lines.append("  held by pid " + ", ".join(str(p) for p in gpu.holders))
         for gi in sorted(gpu.gis, key=lambda g: g.start):
             profile = engine.gi_profile(table, gi)
-            lines.append(f"  GI {gi.id} {profile.name} at {gi.start}:{gi.size}")
+            held = f"  held by pid {', '.join(str(p) for p in gi.holders)}" if gi.holders else ""
+            lines.append(f"  GI {gi.id} {profile.name} at {gi.start}:{gi.size}{held}")
             for ci in sorted(gi.cis, key=lambda c: c.start):
                 ci_prof = engine.ci_profile(profile, ci.profile_id)
                 name = ci_prof.name if ci_prof is not None else f"profile {ci.profile_id}"
                 pids = f"  pids {', '.join(str(p) for p in ci.pids)}" if ci.pids else ""
+                if ci.holders:
+                    pids += f"  held by pid {', '.join(str(p) for p in ci.holders)}"
                 lines.append(f"    CI {ci.id} {name} at {ci.start}:{ci.size} {ci.uuid}{pids}")
     if any(g.nvlink_group for g in state.gpus):
         lines.append(f"fabric manager: {'running' if state.fabric_manager else 'not running'}")
@@ -235,6 +240,16 @@ def _wait_until_killed(cleanup: Callable[[], None]) -> int:
 def cmd_hold(args: argparse.Namespace) -> int:
     _hold_signals()
     sim = Simulator(args.state)
+    if args.gi is not None:
+        pid = sim.hold_instance(args.gpu, args.gi, args.ci)
+        where = f"GI {args.gi}" + (f" CI {args.ci}" if args.ci is not None else "")
+        print(
+            f"holding {where} of GPU {args.gpu} as pid {pid} (listed by no process query)",
+            flush=True,
+        )
+        return _wait_until_killed(lambda: sim.release_instance(args.gpu, args.gi, args.ci, pid))
+    if args.ci is not None:
+        raise SystemExit(f"{PROG} hold: --ci needs --gi")
     pid = sim.hold(args.gpu)
     uuid = _uuid_of(sim, args.gpu)
     print(f"holding GPU {args.gpu} ({uuid}) as pid {pid}", flush=True)
@@ -358,6 +373,18 @@ def cmd_module(args: argparse.Namespace) -> int:
         sim.load_module(args.name, args.action == "load")
         where = module_dir(args.state)
         return f"{args.name} {'loaded' if args.action == 'load' else 'unloaded'} ({where})"
+
+    return _with_sim(args, act)
+
+
+def cmd_vgpu_host(args: argparse.Namespace) -> int:
+    def act(sim: Simulator) -> str:
+        sim.set_vgpu_host(args.gpu, args.mode == "on")
+        if args.mode == "on":
+            return (
+                f"GPU {args.gpu}: vGPU host mode: MIG device process queries answer NOT_SUPPORTED"
+            )
+        return f"GPU {args.gpu}: vGPU host mode off"
 
     return _with_sim(args, act)
 
@@ -508,10 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(
         "hold",
         cmd_hold,
-        "hold a GPU open as a client (like DCGM) until killed; SIGTERM/SIGINT release it",
+        "hold a GPU open as a client (like DCGM) until killed; SIGTERM/SIGINT release it; "
+        "with --gi, hold an instance open as a leaked handle would: listed by no process "
+        "query, its destroy answers IN_USE",
     )
     state_arg(p)
     gpu_arg(p)
+    p.add_argument("--gi", type=int, metavar="GI_ID", help="hold this GPU instance (hidden)")
+    p.add_argument("--ci", type=int, metavar="CI_ID", help="hold this CI of --gi instead")
 
     p = verb(
         "run",
@@ -621,6 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
     state_arg(p)
     p.add_argument("action", choices=("load", "unload"))
     p.add_argument("name", metavar="MODULE", help="e.g. nvidia_drm")
+
+    p = verb(
+        "vgpu-host",
+        cmd_vgpu_host,
+        "vGPU host mode (SR-IOV, MIG-backed vGPU): process queries on MIG device handles "
+        "answer NOT_SUPPORTED",
+    )
+    state_arg(p)
+    gpu_arg(p)
+    p.add_argument("mode", choices=("on", "off"), help="vGPU host mode")
 
     p = verb("set-mode", cmd_set_mode, "change MIG mode behind migrestore's back")
     state_arg(p)

@@ -40,7 +40,7 @@ import copy
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, TypeVar, Union
 
 from migrestore.errors import MigrestoreError, NvmlError
 from migrestore.model import Placement
@@ -433,6 +433,70 @@ class Simulator:
                 txn.dirty = True
 
         self._op(body, lambda: f"{self._label(gpu)}: release pid {holder}")
+
+    def hold_instance(
+        self, gpu: GpuRef, gi_id: int, ci_id: Optional[int] = None, pid: Optional[int] = None
+    ) -> int:
+        """Register ``pid`` (default: this process) as a hidden holder of GI ``gi_id`` (or
+        of its CI ``ci_id``): no process query lists it, and the instance's destroy
+        answers IN_USE while it runs (a leaked handle, DCGM)."""
+        holder = os.getpid() if pid is None else pid
+
+        def body(txn: Txn) -> int:
+            record = self._select(txn, gpu)
+            holders = self._instance_holders(record, gi_id, ci_id)
+            if not engine.pid_alive(holder):
+                raise SimNvmlError(codes.INVALID_ARGUMENT, f"pid {holder} is not running")
+            if holder not in holders:
+                holders.append(holder)
+                txn.dirty = True
+            return holder
+
+        where = f"GI {gi_id}" + (f" CI {ci_id}" if ci_id is not None else "")
+        return self._op(body, lambda: f"{self._label(gpu)}: hold {where} by pid {holder}")
+
+    def release_instance(
+        self, gpu: GpuRef, gi_id: int, ci_id: Optional[int] = None, pid: Optional[int] = None
+    ) -> None:
+        """Unregister a hidden holder (no error if it is not registered, or the instance
+        is gone)."""
+        holder = os.getpid() if pid is None else pid
+
+        def body(txn: Txn) -> None:
+            record = self._select(txn, gpu)
+            try:
+                holders = self._instance_holders(record, gi_id, ci_id)
+            except SimNvmlError:
+                return
+            if holder in holders:
+                holders.remove(holder)
+                txn.dirty = True
+
+        self._op(body, lambda: f"{self._label(gpu)}: release GI {gi_id} by pid {holder}")
+
+    @staticmethod
+    def _instance_holders(record: GpuRecord, gi_id: int, ci_id: Optional[int]) -> List[int]:
+        gi = engine.find_gi(record, gi_id)
+        if gi is None or not record.mig_current:
+            raise SimNvmlError(codes.NOT_FOUND, f"no GI {gi_id}")
+        if ci_id is None:
+            return gi.holders
+        ci = engine.find_ci(gi, ci_id)
+        if ci is None:
+            raise SimNvmlError(codes.NOT_FOUND, f"GI {gi_id} has no CI {ci_id}")
+        return ci.holders
+
+    def set_vgpu_host(self, gpu: GpuRef, enabled: bool = True) -> None:
+        """Put a GPU in vGPU host mode (or take it out): process queries on its MIG
+        device handles answer NOT_SUPPORTED, as on a vGPU host (engine rule 10)."""
+
+        def body(txn: Txn) -> None:
+            record = self._select(txn, gpu)
+            if record.vgpu_host != enabled:
+                record.vgpu_host = enabled
+                txn.dirty = True
+
+        self._op(body, lambda: f"{self._label(gpu)}: vGPU host mode {'on' if enabled else 'off'}")
 
     def run_process(
         self, gpu: GpuRef, gi_id: int, ci_id: Optional[int] = None, pid: Optional[int] = None

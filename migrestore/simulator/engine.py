@@ -38,6 +38,13 @@ Rules (sources in ``docs/SIMULATOR.md`` and ``nvml-semantics.md``):
    activation of an Ampere mode change is such a single-GPU reset: what blocks one
    leaves the change pending with IN_USE (inferred; mig-parted#181 shows it for
    nvidia_drm).
+9. A hidden holder of an instance (``GiRecord.holders``, ``CiRecord.holders``: a leaked
+   handle, DCGM; NVIDIA/DCGM#276 and #95) is listed by no process query, yet the
+   instance's destroy answers IN_USE while the pid runs.
+10. A GPU in vGPU host mode (``GpuRecord.vgpu_host``) answers NOT_SUPPORTED to process
+    queries on its MIG device handles (nvml.h, ``nvmlDeviceGetComputeRunningProcesses_v3``:
+    "not supported if the device is in vGPU Host virtualization mode"); the aggregate
+    query on the GPU's own handle still answers.
 """
 
 from __future__ import annotations
@@ -487,6 +494,9 @@ def create_gi(
 
 def destroy_gi(gpu: GpuRecord, gi: GiRecord) -> None:
     table = table_of(gpu)
+    if gi.holders:
+        held = ", ".join(str(p) for p in gi.holders)
+        raise SimNvmlError(codes.IN_USE, f"{describe_gi(table, gi)} is held open by pid {held}")
     if gi.cis:
         running = sorted({pid for ci in gi.cis for pid in ci.pids})
         detail = f"{describe_gi(table, gi)} has {len(gi.cis)} compute instance(s)"
@@ -586,6 +596,9 @@ def create_ci(
 
 
 def destroy_ci(gi: GiRecord, ci: CiRecord) -> None:
+    if ci.holders:
+        held = ", ".join(str(p) for p in ci.holders)
+        raise SimNvmlError(codes.IN_USE, f"CI {ci.id} of GI {gi.id} is held open by pid {held}")
     if ci.pids:
         raise SimNvmlError(
             codes.IN_USE,
@@ -753,7 +766,17 @@ def prune_dead(state: SimState) -> bool:
                 gpu.holders = alive
                 changed = True
         for gi in gpu.gis:
+            if gi.holders:
+                alive = [p for p in gi.holders if pid_alive(p)]
+                if alive != gi.holders:
+                    gi.holders = alive
+                    changed = True
             for ci in gi.cis:
+                if ci.holders:
+                    alive = [p for p in ci.holders if pid_alive(p)]
+                    if alive != ci.holders:
+                        ci.holders = alive
+                        changed = True
                 if not ci.pids:
                     continue
                 alive = [p for p in ci.pids if pid_alive(p)]

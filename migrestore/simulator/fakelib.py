@@ -730,6 +730,10 @@ class FakeNvmlLibrary:
 
     def _processes(self, txn: Txn, dev: Any, count_arg: Any, arr: Any) -> None:
         gpu, mig = self._device(txn, dev)
+        if mig is not None and gpu.vgpu_host:
+            raise SimNvmlError(
+                codes.NOT_SUPPORTED, "per-instance queries are not supported on a vGPU host"
+            )
         procs = [
             (pid, gi, ci)
             for pid, gi, ci in engine.pids_on(gpu)

@@ -60,6 +60,9 @@ class CiRecord:
     size: int
     uuid: str  # "MIG-..."
     pids: List[int] = field(default_factory=list)
+    # hidden holders (a leaked handle, DCGM): pids no process query lists, yet the
+    # destroy answers IN_USE while one runs
+    holders: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class GiRecord:
     start: int  # memory slices (placement units)
     size: int
     cis: List[CiRecord] = field(default_factory=list)
+    holders: List[int] = field(default_factory=list)  # hidden holders, as CiRecord's
 
 
 @dataclass
@@ -92,6 +96,9 @@ class GpuRecord:
     branch: int = models.DEFAULT_BRANCH  # the driver branch (simulator.models.BRANCHES)
     # fell off the bus: the NVML error name every call on it answers ("" while healthy)
     lost: str = ""
+    # vGPU host mode (SR-IOV, MIG-backed vGPU): process queries on a MIG device handle
+    # answer NOT_SUPPORTED (nvml.h, nvmlDeviceGetComputeRunningProcesses_v3)
+    vgpu_host: bool = False
 
 
 @dataclass
@@ -240,6 +247,7 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
         "mig_pending": gpu.mig_pending,
         "holders": list(gpu.holders),
         "lost": gpu.lost,
+        "vgpu_host": gpu.vgpu_host,
         "gis": [
             {
                 "serial": gi.serial,
@@ -247,6 +255,7 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
                 "profile_id": gi.profile_id,
                 "start": gi.start,
                 "size": gi.size,
+                "holders": list(gi.holders),
                 "cis": [
                     {
                         "serial": ci.serial,
@@ -256,6 +265,7 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
                         "size": ci.size,
                         "uuid": ci.uuid,
                         "pids": list(ci.pids),
+                        "holders": list(ci.holders),
                     }
                     for ci in gi.cis
                 ],
@@ -419,6 +429,7 @@ def _gpu_from(
                     size=r.get(ci, "size", int, cat),
                     uuid=r.get(ci, "uuid", str, cat),
                     pids=r.ints(ci, "pids", cat),
+                    holders=r.ints(ci, "holders", cat) if "holders" in ci else [],
                 )
             )
         gis.append(
@@ -429,6 +440,7 @@ def _gpu_from(
                 start=r.get(gi, "start", int, gat),
                 size=r.get(gi, "size", int, gat),
                 cis=cis,
+                holders=r.ints(gi, "holders", gat) if "holders" in gi else [],
             )
         )
     return GpuRecord(
@@ -446,6 +458,7 @@ def _gpu_from(
         lost=_lost_from(r, g, at),
         passthrough_status=_status_from(r, g, at),
         nvlink_group=_group_from(r, g, at),
+        vgpu_host=r.get(g, "vgpu_host", bool, at) if "vgpu_host" in g else False,
     )
 
 

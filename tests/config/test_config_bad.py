@@ -557,13 +557,6 @@ CASES = [
         "an empty list",
     ),
     (
-        "compute-empty",
-        one_rule("      - {profile: 3g.40gb, compute: []}\n"),
-        6,
-        "gpus[0].instances[0].compute",
-        "omit 'compute'",
-    ),
-    (
         "compute-string",
         one_rule("      - {profile: 3g.40gb, compute: 1c.3g.40gb}\n"),
         6,

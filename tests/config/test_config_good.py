@@ -84,6 +84,12 @@ RULE_CASES = [
         (rule(3, ALL, True, I("3g.40gb"), I("3g.40gb")),),
     ),
     (
+        "compute-empty-is-a-gi-without-cis",
+        "version: 1\ngpus:\n  - match: all\n    mig: true\n    instances:\n"
+        "      - {profile: 3g.40gb, compute: []}\n      - {profile: 3g.40gb}\n",
+        (rule(3, ALL, True, InstanceSpec("3g.40gb", no_compute=True), I("3g.40gb")),),
+    ),
+    (
         "media-extension-profiles",
         "version: 1\ngpus:\n  - match: {model: 'NVIDIA RTX PRO 6000*'}\n    mig: true\n    instances:\n"
         "      - {profile: 1g.24gb+me.all, placement: 0}\n      - {profile: 1g.24gb-me, count: 3, placement: [3, 6, 9]}\n",

@@ -255,16 +255,18 @@ def test_export_of_nothing_is_a_config_that_changes_nothing() -> None:
     assert "gpus: []" in text
 
 
-def test_export_notes_pending_mode_and_gis_without_compute_instances() -> None:
+def test_export_notes_pending_mode_and_writes_gis_without_compute_instances_as_compute_empty() -> (
+    None
+):
     pending = gpu("a100-sxm4-40gb", 0, mig=False, pending=True)
     empty_gi = gpu("h100-80gb-hbm3", 1, [("3g.40gb", 0, None), ("3g.40gb", 4, None)], empty_gis=[4])
     text, cfg = _roundtrip((pending, empty_gi))
     assert "GPU 0: MIG mode change to on is pending" in text
-    assert "the GI at 4 has no compute instance" in text
+    assert "{profile: 3g.40gb, placement: 4, compute: []}" in text
     desired = config.resolve(cfg, (pending, empty_gi))
     assert desired[empty_gi.uuid].instances == (
         InstanceSpec("3g.40gb", 0),
-        InstanceSpec("3g.40gb", 4),
+        InstanceSpec("3g.40gb", 4, no_compute=True),
     )
 
 

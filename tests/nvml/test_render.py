@@ -96,6 +96,7 @@ def test_status_json_fields_and_serialisable() -> None:
                     "placement": [0, 1],
                     "uuid": MIG_A,
                     "pids": [4242, 4243],
+                    "pids_error": None,
                 },
                 {
                     "ci_id": 1,
@@ -104,6 +105,7 @@ def test_status_json_fields_and_serialisable() -> None:
                     "placement": [1, 1],
                     "uuid": MIG_B,
                     "pids": [],
+                    "pids_error": None,
                 },
             ],
         },

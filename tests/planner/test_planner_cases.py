@@ -72,6 +72,7 @@ def observed_from_status(data: Dict[str, Any]) -> Tuple[GpuState, ...]:
                         _placement(ci["placement"]),
                         ci["uuid"],
                         tuple(ci["pids"]),
+                        ci.get("pids_error") or "",
                     )
                     for ci in gi["compute"]
                 ),

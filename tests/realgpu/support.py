@@ -639,25 +639,10 @@ TIER_SETTINGS = "clients: []\n"
 
 def matching_config(export_text: str, status: Dict[str, Any]) -> Tuple[str, List[str]]:
     """The exported config, to which every GPU should already be converged, and the
-    notes on what it leaves out: a GPU with a GI that has no compute instance is dropped
-    (a config cannot declare an empty GI, so its export asks for the default CI)."""
-    import yaml
-
-    empty = {g["uuid"] for g in status["gpus"] if any(not gi["compute"] for gi in g["instances"])}
-    notes = [f"GPU {u}: a GI without compute instance; left out of the config" for u in empty]
-    if not empty:
-        return export_text + TIER_SETTINGS, notes
-    doc = yaml.safe_load(export_text)
-    rules = []
-    for rule in doc.get("gpus") or []:
-        match = rule["match"]["uuid"]
-        uuids = [match] if isinstance(match, str) else list(match)
-        kept = [u for u in uuids if u not in empty]
-        if kept:
-            rule["match"]["uuid"] = kept
-            rules.append(rule)
-    doc["gpus"] = rules
-    return yaml.safe_dump(doc, sort_keys=False) + TIER_SETTINGS, notes
+    notes on what it leaves out: nothing since a GI without compute instances is
+    exported as ``compute: []`` (issue 12 item 6). ``status`` is kept for callers."""
+    del status
+    return export_text + TIER_SETTINGS, []
 
 
 def differing_config(status: Dict[str, Any], profiles: Dict[str, Any]) -> Optional[str]:
