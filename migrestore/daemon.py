@@ -31,9 +31,10 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
    systemd for what the pass declared it still needs, so ``TimeoutStopSec=`` does not
    kill it mid-reset (issue 12 item 2; docs/SYSTEMD.md has the arithmetic).
 
-Back-off (issue 12 item 8): a watch tick whose restore failed on a GPU (a destroy
-answering IN_USE for an instance no process is listed on: DCGM, a leaked handle) does
-not make every later tick stop and start the client units again. The GPU is retried
+Back-off (issue 12 items 8 and 4): a watch tick whose restore failed on a GPU (a
+destroy answering IN_USE for an instance no process is listed on: DCGM, a leaked handle;
+a pending mode change only a reboot can activate: a passthrough GPU, a reset refused)
+does not make every later tick stop and start the client units again. The GPU is retried
 when its observed geometry changes, on SIGHUP, or after a delay that starts at
 ``BACKOFF_FIRST`` (at least four intervals) and doubles up to ``BACKOFF_MAX``; until
 then each tick writes one ``restore_backed_off`` warning naming the GPU, what failed
@@ -59,7 +60,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from migrestore import backend, engine, logs, metrics, publish, render
 from migrestore import config as configmod
@@ -72,6 +73,7 @@ from migrestore.errors import (
     InfeasibleError,
     MigrestoreError,
     NvmlError,
+    RebootNeeded,
 )
 from migrestore.lock import Cancelled, GpuLock
 from migrestore.model import Config, DriftPolicy, GpuState, RunResult
@@ -494,7 +496,7 @@ class Daemon:
                 self.log.warning("drift_detected", outcome="restoring", drift=drift)
             try:
                 outcome = self.converge_locked(decision, drift=reason != "reload")
-            except ActionFailed as exc:
+            except (ActionFailed, RebootNeeded) as exc:
                 self._back_off(exc)
                 raise
             for action in decision.plan.actions:
@@ -548,7 +550,7 @@ class Daemon:
         )
         return True
 
-    def _back_off(self, exc: ActionFailed) -> None:
+    def _back_off(self, exc: Union[ActionFailed, RebootNeeded]) -> None:
         """Record the GPUs a failed tick's restore could not finish (module docstring)."""
         try:
             observed = {g.uuid: g for g in self.nv.observe(devices=False)} if self.nv else {}

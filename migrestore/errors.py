@@ -101,6 +101,10 @@ class RebootNeeded(MigrestoreError):
         self.refused = refused
         self.nvml_error = nvml_error
         self.fix = fix or "reboot the node (or reset the GPU from the host)"
+        # the GPUs (uuids) that need it, and what each is left with: set by the
+        # executor, read by the daemon's back-off (as ActionFailed's)
+        self.failed_gpus: Tuple[str, ...] = ()
+        self.left: Tuple[str, ...] = ()
         # the advice first: systemd's STATUS= shows the start of the line
         super().__init__(
             f"GPU {gpu}: {self.fix} to apply the MIG mode change: {nvml_error}: {refused} "

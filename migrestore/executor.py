@@ -46,7 +46,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from migrestore import planner
 from migrestore.errors import (
@@ -514,7 +514,10 @@ def execute(
         if len(ordered) > 1:
             others = ", ".join(str(index) for index, _ in ordered[1:])
             log.error("other_gpus_need_a_reboot", gpus=others)
-        raise ordered[0][1]
+        first_reboot = ordered[0][1]
+        first_reboot.failed_gpus = tuple(sorted(reboot, key=lambda u: reboot[u][0]))
+        first_reboot.left = ("",) * len(first_reboot.failed_gpus)
+        raise first_reboot
     return ExecResult(changes, tuple(sorted(changed)), tuple(after))
 
 
@@ -536,12 +539,13 @@ def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:
             outcome="failed",
             nvml_error=exc.nvml_error,
         )
+        failure: Union[RebootNeeded, ActionFailed]
         if exc.nvml_error in PLATFORM_REFUSES:
-            raise RebootNeeded(
+            failure = RebootNeeded(
                 label, buses, "the platform refused the GPU reset", exc.nvml_error
-            ) from exc
-        if resets.drm_loaded():
-            raise RebootNeeded(
+            )
+        elif resets.drm_loaded():
+            failure = RebootNeeded(
                 label,
                 buses,
                 f"the GPU reset failed and the {DRM_MODULE} kernel module is loaded, "
@@ -549,10 +553,15 @@ def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:
                 exc.nvml_error,
                 f"unload {DRM_MODULE} (modprobe -r {DRM_MODULE}) and run again, or reboot "
                 "the node (the pending mode takes effect at boot)",
-            ) from exc
-        raise ActionFailed(
-            label, "reset the NVSwitch group together", exc.nvml_error, str(exc)
-        ) from exc
+            )
+        else:
+            failure = ActionFailed(
+                label, "reset the NVSwitch group together", exc.nvml_error, str(exc)
+            )
+        # every GPU of the group is left as it was (the daemon backs them off)
+        failure.failed_gpus = tuple(members)
+        failure.left = ("",) * len(members)
+        raise failure from exc
     log.info("group_reset", gpus=names, fabric_manager=fm, outcome="ok")
     return len(members)
 

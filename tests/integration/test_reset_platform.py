@@ -8,8 +8,10 @@ Fabric Manager's unit is only ever read."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -17,6 +19,7 @@ from migrestore import simulator
 from migrestore.errors import EXIT_OK, EXIT_REBOOT
 from tests.edges.systemctl_fake import FakeSystemctl
 from tests.integration.cli_util import layout_of, run, sim, sim_show, write
+from tests.integration.daemon_util import Node
 
 A100_80 = """\
 version: 1
@@ -243,3 +246,67 @@ def test_dgx_group_reset_blocked_by_nvidia_drm_names_it(
     assert "nvidia_drm" in errors[0] and ",".join(DGX_BUSES) in errors[0]
     assert resets(state) == []
     fm_untouched(fake)
+
+
+# --------------------------------------------------------------------------- the watch
+
+DAEMON = """\
+version: 1
+clients: [nvidia-dcgm.service]
+drift: {policy: restore, interval: 1}
+gpus:
+  - match: all
+    mig: true
+    instances:
+      - {profile: 3g.40gb, placement: 4}
+      - {profile: 2g.20gb, placement: 0}
+"""
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[Node]:
+    """A VM with one passthrough A100 whose MIG mode is on (enabled before its last
+    reboot); the platform refuses its resets."""
+    node = Node(tmp_path, "a100-80gb:1")
+    node.sim("set-mode", node.state, "--gpu", "0", "on")
+    node.sim("reboot", node.state)
+    node.sim("passthrough", node.state, "--gpu", "0", "--status", "NVML_ERROR_RESET_REQUIRED")
+    yield node
+    node.cleanup()
+
+
+def test_the_daemon_backs_off_a_gpu_that_needs_a_reboot(vm: Node) -> None:
+    """Drift only a reboot can restore (MIG mode lost on a passthrough GPU) is tried once:
+    the client unit is stopped and started once, not at every tick."""
+    vm.write_config(DAEMON)
+    vm.units.add("nvidia-dcgm.service")
+    vm.start_daemon()
+    vm.notify.wait_for("READY=1")
+    assert vm.geometry(0) == A100_80_RESTORED
+    calls = len(vm.units.calls())
+    # behind the daemon's back, under the GPU lock (no tick in between): MIG is turned
+    # off and the VM's host resets the GPU; the guest now sees MIG off, pending off
+    lock = os.open(os.path.dirname(vm.env["MIGRESTORE_LOCK"]), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        vm.sim("passthrough", vm.state, "--gpu", "0", "--off")
+        vm.sim("reset", vm.state, "--gpu", "0")  # the instances go
+        vm.sim("set-mode", vm.state, "--gpu", "0", "off")
+        vm.sim("reset", vm.state, "--gpu", "0")
+        vm.sim("passthrough", vm.state, "--gpu", "0", "--status", "NVML_ERROR_RESET_REQUIRED")
+    finally:
+        os.close(lock)
+    # the first tick's restore needs a reboot; later ticks back off and say so
+    failed = vm.notify.wait_for("STATUS=failed:")
+    assert ADVICE in failed, failed
+    for _ in range(3):
+        seen = len(vm.notify.messages)
+        vm.notify.wait_for("STATUS=restore backed off", after=seen)
+    stops = [c for c in vm.units.calls()[calls:] if "stop nvidia-dcgm.service" in c]
+    assert len(stops) == 1, vm.units.calls()[calls:]  # bounced once, not every tick
+    assert vm.units.state("nvidia-dcgm.service") == "active"
+    code, err = vm.stop_daemon()
+    assert code == 0, err
+    assert len(lines(err, "reboot_needed")) == 1, err
+    backed = lines(err, "restore_backed_off")
+    assert len(backed) >= 3 and all("gpu=0" in ln and ADVICE in ln for ln in backed), backed
