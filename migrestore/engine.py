@@ -30,13 +30,15 @@ Rules:
 7. One sick GPU does not stop the others (issue 12 item 3): the plan leaves a GPU NVML
    cannot read, or a declared GPU that is not listed, out (``Plan.unrestored``); the
    others are restored and verified; each such GPU gets one error line in the journal
-   (index, PCI bus id, what failed, NVML error) and the pass's result is PARTIAL.
+   (index, PCI bus id, what failed, NVML error) and the pass's result is PARTIAL. A
+   GPU that falls sick during the run is added to ``Plan.unrestored`` of the outcome
+   (executor rule 9), with the same consequences.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from migrestore import config as configmod
@@ -317,6 +319,8 @@ def converge(
     failures, cdi_problems = _post_apply(
         nv, cfg, plan, result.changes, state_path, log, say, more_time
     )
+    if result.unrestored:  # GPUs that fell sick during the run (executor rule 9)
+        plan = replace(plan, unrestored=plan.unrestored + result.unrestored)
     return Outcome(
         plan,
         result.observed,

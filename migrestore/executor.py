@@ -39,6 +39,12 @@ Rules:
    GPU's list stops at its reset, one group reset runs after the round, and every GPU
    of the group is planned again from a fresh observation (the reset destroyed their
    instances); else the GPU fails naming its peers (rule 7).
+9. A GPU that falls sick during the run (an action fails with an error of
+   ``nvml.SICK``: GPU_IS_LOST, IRQ_ISSUE, UNKNOWN...; Xid 79 can strike during a
+   reconfiguration) stops its own list only. After the run it is observed with the
+   others: observed sick (nvml rule 10), it gets one ``gpu_sick`` line and one line of
+   ``ExecResult.unrestored``, the others are verified and the pass is PARTIAL (issue 12
+   item 3); still readable, its action's own error is raised, as for any failure.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ from migrestore.model import (
     SetMode,
     assert_never,
 )
-from migrestore.nvml import Nvml
+from migrestore.nvml import SICK, Nvml
 
 # Plan, run, observe rounds: mode first (drivers before R550), then the GIs, then their CIs.
 ROUNDS = 4
@@ -106,6 +112,8 @@ class ExecResult:
     changes: int
     gpus_changed: Tuple[int, ...]  # indices of GPUs that had actions
     observed: Tuple[GpuState, ...]  # the geometry after the run, verified
+    # GPUs that fell sick during the run (rule 9): one line each, the pass is PARTIAL
+    unrestored: Tuple[str, ...] = ()
 
 
 def _fields(action: Action) -> Dict[str, Any]:
@@ -455,6 +463,7 @@ def execute(
     changed: List[int] = []
     infeasible: List[InfeasibleError] = []
     reboot: Dict[str, Tuple[int, RebootNeeded]] = {}
+    fell: Dict[str, GpuOutcome] = {}  # GPUs whose action failed with a SICK error (rule 9)
     resets = _Resets(nv, desired, observed, allow_reset, fabric_manager)
     for round_no in range(ROUNDS):
         outcomes = _run_round(nv, plan, observed, log, parallel, resets)
@@ -463,7 +472,11 @@ def execute(
         for o in outcomes:
             if isinstance(o.error, RebootNeeded):
                 reboot[o.gpu] = (o.gpu_index, o.error)
-        failed = [o for o in outcomes if o.error is not None and o.gpu not in reboot]
+            elif o.error is not None and getattr(o.error, "nvml_error", "") in SICK:
+                fell[o.gpu] = o  # rule 9: sick now, or a plain failure: verification says
+        failed = [
+            o for o in outcomes if o.error is not None and o.gpu not in reboot and o.gpu not in fell
+        ]
         if failed:
             first = failed[0].error
             assert first is not None
@@ -482,7 +495,7 @@ def execute(
             changes += _group_reset(nv, resets, log)
             # the reset destroyed every instance of the group: plan each GPU again
             again.extend(u for u in nv.nvswitch_gpus() if u not in again)
-        again = [u for u in again if u not in reboot]
+        again = [u for u in again if u not in reboot and u not in fell]
         if not again or round_no == ROUNDS - 1:
             break
         observed = nv.observe()
@@ -491,11 +504,13 @@ def execute(
             log.error("infeasible", gpu=failure.gpu, error=str(failure))
         infeasible.extend(failures)
     after = nv.observe()
+    unrestored = _fell_sick(fell, after, log)
     failed_gpus = {f.gpu for f in infeasible}
     check_desired = {
         uuid: spec
         for uuid, spec in desired.items()
         if uuid not in reboot
+        and uuid not in fell
         and not any(uuid == g.uuid and g.label() in failed_gpus for g in after)
     }
     check = planner.plan(check_desired, after, force=True, allow_reset=allow_reset)
@@ -518,7 +533,34 @@ def execute(
         first_reboot.failed_gpus = tuple(sorted(reboot, key=lambda u: reboot[u][0]))
         first_reboot.left = ("",) * len(first_reboot.failed_gpus)
         raise first_reboot
-    return ExecResult(changes, tuple(sorted(changed)), tuple(after))
+    return ExecResult(changes, tuple(sorted(changed)), tuple(after), unrestored)
+
+
+def _fell_sick(
+    fell: Mapping[str, GpuOutcome], after: Sequence[GpuState], log: Any
+) -> Tuple[str, ...]:
+    """Rule 9: each GPU whose action failed with a SICK error is observed after the run;
+    sick, it is one ``gpu_sick`` line and one line of the pass's unrestored GPUs; still
+    readable, its action's own error is raised (the other GPUs ran to their end)."""
+    lines: List[str] = []
+    by_index = {g.identity.index: g for g in after}
+    for outcome in sorted(fell.values(), key=lambda o: o.gpu_index):
+        gpu = by_index.get(outcome.gpu_index)
+        assert outcome.error is not None
+        if gpu is None or not gpu.sick:
+            raise outcome.error
+        ident = gpu.identity
+        log.error(
+            "gpu_sick",
+            gpu=ident.index,
+            pci_bus_id=ident.pci_bus_id or "unknown (no NVML handle)",
+            uuid=ident.uuid or outcome.gpu,
+            failed=ident.failed,
+            error=ident.error,
+            outcome="fell sick during the restore; not restored; the other GPUs are",
+        )
+        lines.append(f"{ident.describe_sick()}; fell sick during the restore, left as it is")
+    return tuple(lines)
 
 
 def _group_reset(nv: Nvml, resets: _Resets, log: Any) -> int:

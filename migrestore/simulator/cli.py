@@ -331,8 +331,13 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def cmd_lose(args: argparse.Namespace) -> int:
     def act(sim: Simulator) -> str:
-        sim.lose(args.gpu, args.error)
+        sim.lose(args.gpu, args.error, args.after_changes)
         name = codes.name_of(codes.parse_error_name(args.error))
+        if args.after_changes:
+            return (
+                f"GPU {args.gpu} falls off the bus after {args.after_changes} more change(s): "
+                f"every call on it will answer {name}"
+            )
         return f"GPU {args.gpu} fell off the bus: every call on it answers {name}"
 
     return _with_sim(args, act)
@@ -610,6 +615,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=LOST_ERROR,
         metavar="NVML_ERROR_NAME",
         help=f"what its calls answer (default {LOST_ERROR}; e.g. IRQ_ISSUE, UNKNOWN)",
+    )
+    p.add_argument(
+        "--after-changes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="not now: once N more changes are made (by any process, on any GPU), "
+        "in the middle of a restore",
     )
 
     p = verb("recover", cmd_recover, "a lost GPU is back (no instances; pending mode in effect)")

@@ -25,7 +25,10 @@ Rules:
    (outside every lock), so a test kills or interrupts it at exactly that point, a
    condition it can wait for (the process is stopped) instead of a time window.
 7. ``lose(gpu, error)`` models a GPU that fell off the bus (fakelib rule 6, engine
-   rule 7); ``recover(gpu)`` or a reboot brings it back.
+   rule 7); ``recover(gpu)`` or a reboot brings it back. Armed with ``after_changes``,
+   it falls off at the transaction that makes the node's Nth change from then (like a
+   freeze, whoever makes it): in the middle of a restore, as Xid 79 can strike during a
+   reconfiguration.
 8. The node around the GPUs (engine rule 8): ``passthrough(gpu, status)`` (the platform
    refuses its reset), ``fabric_manager(running)`` and the NVSwitch groups of the state;
    loaded kernel modules are directories in ``module_dir(spec)`` (beside a state file,
@@ -174,6 +177,7 @@ class Simulator:
             latency = txn.state.latency_us
             delay = latency.get(name, latency.get("*", 0))
             freeze = _frozen_by(txn, before)
+            _lost_by(txn, before)
         if freeze:
             _freeze()
         if delay:
@@ -190,6 +194,7 @@ class Simulator:
             except SimNvmlError as err:
                 failure = err
             freeze = _frozen_by(txn, before)
+            _lost_by(txn, before)
         if freeze:
             _freeze()
         if failure is None:
@@ -365,23 +370,31 @@ class Simulator:
 
         self._op(body, lambda: "reboot")
 
-    def lose(self, gpu: GpuRef, error: str = LOST_ERROR) -> None:
+    def lose(self, gpu: GpuRef, error: str = LOST_ERROR, after_changes: int = 0) -> None:
         """The GPU falls off the bus (Xid 79): it stays counted, but getting its handle
         and every call on its device, GI, CI and MIG device handles answer ``error``
         (an NVML error name, e.g. NVML_ERROR_GPU_IS_LOST, IRQ_ISSUE, UNKNOWN) until a
-        reboot or ``recover``.
+        reboot or ``recover``. ``after_changes`` > 0: armed, it falls off once that many
+        more changes (on any GPU, by any process) have been made: in the middle of a
+        restore (rule 7).
 
         Raises:
-            MigrestoreError: unknown error name; NvmlError: no such GPU.
+            MigrestoreError: unknown error name, a negative count; NvmlError: no such GPU.
         """
         try:
             code = codes.parse_error_name(error)
         except ValueError as err:
             raise MigrestoreError(f"lose: {err}") from None
+        if after_changes < 0:
+            raise MigrestoreError(f"lose: the change count must be 0 or more, not {after_changes}")
 
         def body(txn: Txn) -> None:
             record = self._select(txn, gpu)
-            record.lost = codes.name_of(code)
+            if after_changes:
+                record.lose_at = txn.state.change_count + after_changes
+                record.lose_error = codes.name_of(code)
+            else:
+                record.lost = codes.name_of(code)
             txn.dirty = True
 
         self._op(body, lambda: f"{self._label(gpu)}: lose")
@@ -759,6 +772,17 @@ def _frozen_by(txn: Txn, before: int) -> bool:
     state.freeze_at = 0
     txn.dirty = True
     return True
+
+
+def _lost_by(txn: Txn, before: int) -> None:
+    """GPUs armed to fall off the bus at this transaction's change count do (rule 7)."""
+    state = txn.state
+    if state.change_count == before:
+        return
+    for gpu in state.gpus:
+        if gpu.lose_at and state.change_count >= gpu.lose_at:
+            gpu.lost, gpu.lose_at, gpu.lose_error = gpu.lose_error, 0, ""
+            txn.dirty = True
 
 
 def _freeze() -> None:

@@ -96,6 +96,10 @@ class GpuRecord:
     branch: int = models.DEFAULT_BRANCH  # the driver branch (simulator.models.BRANCHES)
     # fell off the bus: the NVML error name every call on it answers ("" while healthy)
     lost: str = ""
+    # armed: the GPU falls off the bus with this error once the node's change count
+    # reaches ``lose_at`` (0: not armed), in the middle of whatever changes it
+    lose_at: int = 0
+    lose_error: str = ""
     # vGPU host mode (SR-IOV, MIG-backed vGPU): process queries on a MIG device handle
     # answer NOT_SUPPORTED (nvml.h, nvmlDeviceGetComputeRunningProcesses_v3)
     vgpu_host: bool = False
@@ -247,6 +251,7 @@ def _gpu_json(gpu: GpuRecord) -> Dict[str, Any]:
         "mig_pending": gpu.mig_pending,
         "holders": list(gpu.holders),
         "lost": gpu.lost,
+        **({"lose_at": gpu.lose_at, "lose_error": gpu.lose_error} if gpu.lose_at else {}),
         "vgpu_host": gpu.vgpu_host,
         "gis": [
             {
@@ -456,6 +461,10 @@ def _gpu_from(
         gis=gis,
         branch=branch,
         lost=_lost_from(r, g, at),
+        lose_at=r.get(g, "lose_at", int, at) if "lose_at" in g else 0,
+        lose_error=_lost_from(r, {"lost": g["lose_error"]}, f"{at}.lose_error")
+        if "lose_error" in g
+        else "",
         passthrough_status=_status_from(r, g, at),
         nvlink_group=_group_from(r, g, at),
         vgpu_host=r.get(g, "vgpu_host", bool, at) if "vgpu_host" in g else False,

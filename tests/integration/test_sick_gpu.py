@@ -152,3 +152,27 @@ def test_a_declared_gpu_that_is_missing_is_reported(
     ]
     data = run(capsys, "--simulate", state, "status", "--json").json()
     assert [layout_of(data, i) for i in range(2)] == [[("7g.80gb", (0, 8))]] * 2
+
+
+def test_a_gpu_lost_during_the_restore_ends_partial_and_the_others_are_restored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Xid 79 in the middle of a restore: GPU 3 falls off the bus right after the node's
+    first change (whichever GPU made it), so its own actions fail GPU_IS_LOST."""
+    state = str(tmp_path / "gpus.json")
+    assert sim(capsys, "init", state, "h100-80gb-hbm3:8").code == 0
+    assert sim(capsys, "lose", state, "--gpu", "3", "--after-changes", "1").code == 0
+    cfg = write(tmp_path / "node.yaml", LAYOUT)
+    applied = run(capsys, "--simulate", state, "-c", cfg, "apply", "--no-clients")
+    assert applied.code == EXIT_PARTIAL, applied.err
+    sick_lines = [line for line in applied.err.splitlines() if "gpu_sick" in line]
+    assert len(sick_lines) == 1, applied.err
+    assert "gpu=3" in sick_lines[0] and LOST in sick_lines[0]
+    assert "during the restore" in sick_lines[0]
+    data = run(capsys, "--simulate", state, "status", "--json").json()
+    for index in (0, 1, 2, 4, 5, 6, 7):
+        assert layout_of(data, index) == RESTORED
+    assert data["gpus"][3]["error"]["nvml_error"] == LOST
+    doc = state_file()
+    assert doc["result"] == "partial"
+    assert len(doc["unrestored"]) == 1 and doc["unrestored"][0].startswith("GPU 3 ")

@@ -146,6 +146,10 @@ class Driver(abc.ABC):
     def once(self) -> Tuple[int, str]:
         """One run: (exit code, the error line's message or "")."""
 
+    def again(self) -> Tuple[int, str]:
+        """The fault-free run after a faulted one: the next attempt."""
+        return self.once()
+
     def count(self) -> Dict[str, int]:
         """Calls per function of a fault-free run (rule 3 of scenarios)."""
         self.reset()
@@ -183,7 +187,7 @@ class Driver(abc.ABC):
             record.problems.extend(judge_message(fault, record.message))
         record.problems.extend(self.rig.clients_back())
         record.problems.extend(self.rig.workers_intact())
-        code, message = self.once()
+        code, message = self.again()
         if code != 0:
             record.problems.append(f"the fault-free run after it failed ({code}): {message}")
         elif not self.converged():
@@ -255,6 +259,18 @@ class WatchDriver(Driver):
     def once(self) -> Tuple[int, str]:
         try:
             self.daemon.check("interval")
+        except MigrestoreError as exc:
+            return exc.exit_code, str(exc)
+        except Exception as exc:  # a bug: the watch loop would die with it
+            return 70, f"{type(exc).__name__}: {exc}: {traceback.format_exc(limit=3)}"
+        return 0, ""
+
+    def again(self) -> Tuple[int, str]:
+        """The next attempt after a failed tick: the daemon backs a GPU whose restore
+        failed off (issue 12 item 8) until its geometry changes, the delay passes or
+        SIGHUP asks; the tick a SIGHUP runs tries every GPU again at once."""
+        try:
+            self.daemon.check("reload")
         except MigrestoreError as exc:
             return exc.exit_code, str(exc)
         except Exception as exc:  # a bug: the watch loop would die with it

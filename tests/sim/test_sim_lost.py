@@ -116,3 +116,24 @@ def test_cli_lose_and_recover_through_the_state_file(
         assert sim.state().gpus[3].lost == ""
     finally:
         sim.close()
+
+
+def test_an_armed_loss_strikes_at_the_nth_change_from_then(
+    attach: Callable[[str], simulator.Simulator],
+) -> None:
+    """``lose(gpu, error, after_changes=N)``: the GPU answers until the node's Nth
+    change from then, made on any GPU, and the error from the next call on."""
+    sim = attach("h100-80gb-hbm3:2")
+    sim.lose(1, "GPU_IS_LOST", after_changes=3)
+    one = device(1)
+    pynvml.nvmlDeviceSetMigMode(device(0), 1)  # change 1, on another GPU
+    pynvml.nvmlDeviceSetMigMode(one, 1)  # change 2
+    # change 3: made, and the GPU falls off the bus right after it
+    pynvml.nvmlDeviceCreateGpuInstance(one, pynvml.nvmlDeviceGetGpuInstanceProfileInfo(one, 0).id)
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlDeviceGetMigMode(one)
+    assert pynvml.nvmlDeviceGetMigMode(device(0)) == [1, 1]
+    gpu = sim.state().gpus[1]
+    assert gpu.lost == "NVML_ERROR_GPU_IS_LOST" and gpu.lose_at == 0
+    with pytest.raises(MigrestoreError, match="0 or more"):
+        sim.lose(0, after_changes=-1)
