@@ -123,10 +123,13 @@ class NvmlError(MigrestoreError):
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, nvml_error: str, what: str, code: int = -1) -> None:
+    def __init__(self, nvml_error: str, what: str, code: int = -1, change: bool = False) -> None:
         self.nvml_error = nvml_error
         self.what = what
         self.code = code
+        # True: the call that failed is the one that changes the GPU (set the MIG mode,
+        # create, destroy); False: a read, e.g. of a profile table before a create
+        self.change = change
         super().__init__(f"{what}: {nvml_error}")
 
 

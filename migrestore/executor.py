@@ -714,5 +714,6 @@ def _replan(
 
 
 def _read_in(exc: NvmlError) -> str:
-    """The NVML read that failed inside an action (``what`` names the call), or ""."""
-    return f"while: {exc.what}" if "read" in exc.what else ""
+    """The NVML read that failed inside an action (``what`` names the call), or "" when
+    the change itself failed (``NvmlError.change``)."""
+    return "" if exc.change else f"while: {exc.what}"

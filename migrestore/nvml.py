@@ -154,9 +154,9 @@ def error_name(code: int) -> str:
     return _ERROR_NAMES.get(code, f"NVML_ERROR_UNKNOWN_CODE_{code}")
 
 
-def _translate(err: pynvml.NVMLError, what: str) -> NvmlError:
+def _translate(err: pynvml.NVMLError, what: str, change: bool = False) -> NvmlError:
     code = int(err.value)
-    return NvmlError(nvml_error=error_name(code), what=what, code=code)
+    return NvmlError(nvml_error=error_name(code), what=what, code=code, change=change)
 
 
 def _driver_unavailable(err: pynvml.NVMLError) -> DriverUnavailable:
@@ -171,12 +171,13 @@ def _driver_unavailable(err: pynvml.NVMLError) -> DriverUnavailable:
 
 
 @contextmanager
-def _nvml(what: str) -> Iterator[None]:
-    """Translate a pynvml error raised in the block into ``NvmlError`` naming ``what``."""
+def _nvml(what: str, change: bool = False) -> Iterator[None]:
+    """Translate a pynvml error raised in the block into ``NvmlError`` naming ``what``;
+    ``change``: the block is the call that changes the GPU (``NvmlError.change``)."""
     try:
         yield
     except pynvml.NVMLError as err:
-        raise _translate(err, what) from err
+        raise _translate(err, what, change) from err
 
 
 def _code(err: pynvml.NVMLError) -> int:
@@ -467,7 +468,7 @@ class Nvml:
             gpu = self._gpu(uuid)
             mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled else pynvml.NVML_DEVICE_MIG_DISABLE
             verb = "enable" if enabled else "disable"
-            with _nvml(f"{gpu.label}: {verb} MIG mode"):
+            with _nvml(f"{gpu.label}: {verb} MIG mode", change=True):
                 status = pynvml.nvmlDeviceSetMigMode(gpu.handle, mode)
             # The profile table is cached per current mode (rule 5): a mode that took
             # effect is read afresh at the next observe.
@@ -487,7 +488,7 @@ class Nvml:
             name = profile.name if profile is not None else f"profile {profile_id}"
             what = f"{gpu.label}: create GI {name} at {placement}"
             c_placement = pynvml.c_nvmlGpuInstancePlacement_t(placement.start, placement.size)
-            with _nvml(what):
+            with _nvml(what, change=True):
                 gi = pynvml.nvmlDeviceCreateGpuInstanceWithPlacement(
                     gpu.handle, profile_id, ctypes.byref(c_placement)
                 )
@@ -523,7 +524,7 @@ class Nvml:
             )
             where = f" at {placement}" if placement is not None else ""
             what = f"{gpu.label}: create CI {name}{where} in GI {gi_id}"
-            with _nvml(what):
+            with _nvml(what, change=True):
                 if placement is None:
                     ci = pynvml.nvmlGpuInstanceCreateComputeInstance(gi, ci_profile_id)
                 else:
@@ -554,6 +555,7 @@ class Nvml:
             gi = self._gi_handle(gpu, gi_id, what)
             with _nvml(f"{gpu.label}: {what}"):
                 ci = pynvml.nvmlGpuInstanceGetComputeInstanceById(gi, ci_id)
+            with _nvml(f"{gpu.label}: {what}", change=True):
                 pynvml.nvmlComputeInstanceDestroy(ci)
 
     def destroy_gi(self, uuid: str, gi_id: int) -> None:
@@ -562,7 +564,7 @@ class Nvml:
             gpu = self._gpu(uuid)
             what = f"destroy GI {gi_id}"
             gi = self._gi_handle(gpu, gi_id, what)
-            with _nvml(f"{gpu.label}: {what}"):
+            with _nvml(f"{gpu.label}: {what}", change=True):
                 pynvml.nvmlGpuInstanceDestroy(gi)
 
     def reset_gpu(self, uuid: str) -> None:
