@@ -22,9 +22,9 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
    the geometry as it is; it also ends a wait for the driver or for the GPU lock at
    once, with nothing changed (``Cancelled``).
 
-Back-off (issue 12 item 8): a watch tick whose restore failed on a GPU (a destroy
-answering IN_USE for an instance no process is listed on: DCGM, a leaked handle) does
-not make every later tick stop and start the client units again. The GPU is retried
+Back-off (issue 12 item 8): a watch tick whose restore failed on a GPU because a
+destroy answered IN_USE (an instance no process is listed on: DCGM, a leaked handle;
+any other failure is retried at the next tick as before) does not make every later tick stop and start the client units again. The GPU is retried
 when its observed geometry changes, on SIGHUP, or after a delay that starts at
 ``BACKOFF_FIRST`` (at least four intervals) and doubles up to ``BACKOFF_MAX``; until
 then each tick writes one ``restore_backed_off`` warning naming the GPU, what failed
@@ -483,7 +483,7 @@ class Daemon:
             observed = {}
         lefts = dict(zip(exc.failed_gpus, exc.left))
         now = time.monotonic()
-        for uuid in exc.failed_gpus:
+        for uuid in exc.held:  # only a held instance: other failures retry next tick
             gpu = observed.get(uuid)
             if gpu is None:
                 continue

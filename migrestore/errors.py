@@ -111,9 +111,11 @@ class ActionFailed(MigrestoreError):
         self.action = action
         self.nvml_error = nvml_error
         # set by the executor: the UUIDs of every GPU whose actions failed in the round,
-        # and for each (same order) the line saying what it is left with ("": unread)
+        # and for each (same order) the line saying what it is left with ("": unread);
+        # ``held``: those whose failure is a destroy answering IN_USE (an instance held)
         self.failed_gpus: Tuple[str, ...] = ()
         self.left: Tuple[str, ...] = ()
+        self.held: Tuple[str, ...] = ()
         text = f"GPU {gpu}: {action} failed: {nvml_error}"
         if detail:
             text += f" ({detail})"
