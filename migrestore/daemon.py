@@ -27,15 +27,17 @@ Sequence (docs/ARCHITECTURE.md, the ``daemon.py`` row):
    the geometry as it is; it also ends a wait for the driver or for the GPU lock at
    once, with nothing changed (``Cancelled``). SIGTERM during a pass lets the pass run
    to its end, every step bounded (a GPU reset cannot be cut short, and a geometry
-   left half-made is worse than a late stop), starting the clients it stopped; at once, STOPPING=1 and EXTEND_TIMEOUT_USEC ask
-   systemd for what the pass declared it still needs, so ``TimeoutStopSec=`` does not
-   kill it mid-reset (issue 12 item 2; docs/SYSTEMD.md has the arithmetic).
+   left half-made is worse than a late stop), starting the clients it stopped; at
+   once, STOPPING=1 and EXTEND_TIMEOUT_USEC ask systemd for what the pass declared it
+   still needs, so ``TimeoutStopSec=`` does not kill it mid-reset (issue 12 item 2;
+   docs/SYSTEMD.md has the arithmetic).
 
-Back-off (issue 12 items 8 and 4): a watch tick whose restore failed on a GPU (a
-destroy answering IN_USE for an instance no process is listed on: DCGM, a leaked handle;
-a pending mode change only a reboot can activate: a passthrough GPU, a reset refused)
-does not make every later tick stop and start the client units again. The GPU is retried
-when its observed geometry changes, on SIGHUP, or after a delay that starts at
+Back-off (issue 12 items 8 and 4): a watch tick whose restore failed on a GPU because
+a destroy answered IN_USE (an instance no process is listed on: DCGM, a leaked handle)
+or because only a reboot can activate its pending mode change (a passthrough GPU, a
+reset refused; ``RebootNeeded``) does not make every later tick stop and start the
+client units again; any other failure is retried at the next tick as before. The GPU is
+retried when its observed geometry changes, on SIGHUP, or after a delay that starts at
 ``BACKOFF_FIRST`` (at least four intervals) and doubles up to ``BACKOFF_MAX``; until
 then each tick writes one ``restore_backed_off`` warning naming the GPU, what failed
 and what is left, and changes nothing.
@@ -558,7 +560,7 @@ class Daemon:
             observed = {}
         lefts = dict(zip(exc.failed_gpus, exc.left))
         now = time.monotonic()
-        for uuid in exc.failed_gpus:
+        for uuid in exc.held:  # only a held instance: other failures retry next tick
             gpu = observed.get(uuid)
             if gpu is None:
                 continue

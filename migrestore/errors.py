@@ -102,7 +102,8 @@ class RebootNeeded(MigrestoreError):
         self.nvml_error = nvml_error
         self.fix = fix or "reboot the node (or reset the GPU from the host)"
         # the GPUs (uuids) that need it, and what each is left with: set by the
-        # executor, read by the daemon's back-off (as ActionFailed's)
+        # executor, read by the daemon's back-off (as ActionFailed's; every one is
+        # ``held``: no attempt before a reboot can succeed)
         self.failed_gpus: Tuple[str, ...] = ()
         self.left: Tuple[str, ...] = ()
         # the advice first: systemd's STATUS= shows the start of the line
@@ -110,6 +111,10 @@ class RebootNeeded(MigrestoreError):
             f"GPU {gpu}: {self.fix} to apply the MIG mode change: {nvml_error}: {refused} "
             f"(PCI bus id {pci_bus_id})"
         )
+
+    @property
+    def held(self) -> Tuple[str, ...]:
+        return self.failed_gpus
 
 
 class DriverUnavailable(MigrestoreError):
@@ -143,9 +148,11 @@ class ActionFailed(MigrestoreError):
         self.action = action
         self.nvml_error = nvml_error
         # set by the executor: the UUIDs of every GPU whose actions failed in the round,
-        # and for each (same order) the line saying what it is left with ("": unread)
+        # and for each (same order) the line saying what it is left with ("": unread);
+        # ``held``: those whose failure is a destroy answering IN_USE (an instance held)
         self.failed_gpus: Tuple[str, ...] = ()
         self.left: Tuple[str, ...] = ()
+        self.held: Tuple[str, ...] = ()
         text = f"GPU {gpu}: {action} failed: {nvml_error}"
         if detail:
             text += f" ({detail})"

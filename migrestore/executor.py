@@ -486,6 +486,7 @@ def execute(
                 log.error("other_gpus_failed", gpus=others)
             if isinstance(first, ActionFailed):
                 first.failed_gpus = tuple(o.gpu for o in failed)
+                first.held = tuple(o.gpu for o in failed if _held(o.error))
                 first.left = lefts
                 if any(lefts):  # the state file and status say what is left
                     first.message += "; left: " + "; ".join(t for t in lefts if t)
@@ -631,6 +632,15 @@ def left_text(gpu: GpuState, spec: Optional[GpuSpec], error: MigrestoreError) ->
     if cis:
         text += f"; {cis} compute-instance change(s) left"
     return text
+
+
+def _held(error: Optional[MigrestoreError]) -> bool:
+    """A destroy that answered IN_USE: something holds the instance (rule 3)."""
+    return (
+        isinstance(error, ActionFailed)
+        and error.nvml_error == NVML_IN_USE
+        and error.action.split(": ", 1)[-1].startswith("destroy ")
+    )
 
 
 def _report_left(
