@@ -80,6 +80,7 @@ _CACHED: Tuple[str, ...] = (
     "nvmlDeviceGetName",
     "nvmlDeviceGetUUID",
     "nvmlDeviceGetPciInfo_v3",
+    "nvmlDeviceGetVirtualizationMode",
     "nvmlDeviceIsMigDeviceHandle",
     "nvmlDeviceGetGpuInstanceId",
     "nvmlDeviceGetComputeInstanceId",

@@ -263,7 +263,8 @@ _Static_assert(offsetof(nvmlComputeInstanceInfo_t, gpuInstance) == 8, "gpuInstan
     X(nvmlDeviceGetComputeInstanceId, (nvmlDevice_t device, unsigned int *id), 2, (P(device), P(id), 0, 0, 0)) \
     X(nvmlDeviceGetDeviceHandleFromMigDeviceHandle, (nvmlDevice_t migDevice, nvmlDevice_t *device), 2, (P(migDevice), P(device), 0, 0, 0)) \
     X(nvmlDeviceGetComputeRunningProcesses_v3, (nvmlDevice_t device, unsigned int *infoCount, nvmlProcessInfo_t *infos), 3, (P(device), P(infoCount), P(infos), 0, 0)) \
-    X(nvmlDeviceGetComputeRunningProcesses_v2, (nvmlDevice_t device, unsigned int *infoCount, nvmlProcessInfo_v2_t *infos), 3, (P(device), P(infoCount), P(infos), 0, 0))
+    X(nvmlDeviceGetComputeRunningProcesses_v2, (nvmlDevice_t device, unsigned int *infoCount, nvmlProcessInfo_v2_t *infos), 3, (P(device), P(infoCount), P(infos), 0, 0)) \
+    X(nvmlDeviceGetVirtualizationMode, (nvmlDevice_t device, unsigned int *pVirtualMode), 2, (P(device), P(pVirtualMode), 0, 0, 0))
 
 #define NVML_DECLARE(name, params, argc, args) nvmlReturn_t name params;
 NVML_FUNCTIONS(NVML_DECLARE)

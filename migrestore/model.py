@@ -159,6 +159,9 @@ class GpuIdentity:
     # and what failed ("get its handle"). Its uuid and pci_bus_id are "" when unreadable.
     error: str = ""
     failed: str = ""
+    # NVML reads the GPU's virtualization mode as a vGPU host's (HOST_VGPU/HOST_VSGA):
+    # a VM may use any of its instances, so their processes are unknown (rule 5)
+    vgpu_host: bool = False
 
     @property
     def sick(self) -> bool:

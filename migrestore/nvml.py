@@ -65,7 +65,11 @@ Rules:
     device whose process query answers NOT_SUPPORTED (a vGPU host: nvml.h, "querying
     per-instance information using MIG device handles is not supported if the device is
     in vGPU Host virtualization mode") is observed with ``pids_error`` set; the
-    observation, verification and the post-READY scan go on.
+    observation, verification and the post-READY scan go on. A GPU whose
+    ``nvmlDeviceGetVirtualizationMode`` reads HOST_VGPU or HOST_VSGA is observed as a
+    vGPU host (``GpuIdentity.vgpu_host``, read once per session; a call that fails
+    concludes nothing): a VM may use any of its GIs, CIs or not, without NVML listing
+    a process.
 """
 
 from __future__ import annotations
@@ -205,6 +209,10 @@ OBSERVE_ATTEMPTS = 10
 STRICT_ATTEMPTS = 3
 # What a read answers when another process changed the GPU under it: an instance gone
 # (its handle), or MIG mode switched off between two reads.
+# nvmlGpuVirtualizationMode_t: NVML_GPU_VIRTUALIZATION_MODE_HOST_VGPU (3) and
+# NVML_GPU_VIRTUALIZATION_MODE_HOST_VSGA (4): the GPU is a vGPU host's (rule 12)
+VGPU_HOST_MODES = (3, 4)
+
 VANISHED = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTED")
 # What says that one GPU itself is unwell (rule 10): nvml.h lists these for
 # nvmlDeviceGetHandleByIndex_v2 ("GPU_IS_LOST if the target GPU has fallen off the bus or
@@ -306,6 +314,7 @@ class _Gpu:
     # sick (rule 10): the NVML error name and what failed; "" while healthy
     error: str = ""
     failed: str = ""
+    vgpu_host: bool = False  # rule 12: nvmlDeviceGetVirtualizationMode read HOST_VGPU
 
     @property
     def label(self) -> str:
@@ -323,6 +332,7 @@ class _Gpu:
             pci_subsystem_id=self.pci_subsystem_id,
             error=self.error,
             failed=self.failed,
+            vgpu_host=self.vgpu_host,
         )
 
 
@@ -696,6 +706,10 @@ class Nvml:
                     raise _SickRead(failure, "read its architecture", uuid, bus_id) from err
                 raise failure from err
             arch = "unknown"
+        try:
+            mode = int(pynvml.nvmlDeviceGetVirtualizationMode(handle))
+        except pynvml.NVMLError:
+            mode = -1  # not answered: nothing is concluded from it (rule 12)
         return _Gpu(
             index=index,
             handle=handle,
@@ -705,6 +719,7 @@ class Nvml:
             name=name,
             architecture=arch,
             pci_subsystem_id=int(pci.pciSubSystemId),
+            vgpu_host=mode in VGPU_HOST_MODES,
         )
 
     def _gpu(self, uuid: str) -> _Gpu:
@@ -875,7 +890,7 @@ class Nvml:
         tolerant: bool = False,
     ) -> Dict[Tuple[int, int], Tuple[str, Tuple[int, ...], str]]:
         """(GI ID, CI ID) -> (MIG device UUID, pids, the NVML error when the processes
-        cannot be read: rule 11), from the MIG device handles.
+        cannot be read: rule 12), from the MIG device handles.
 
         Indices without a device answer NOT_FOUND or INVALID_ARGUMENT and are skipped.
         The scan ends once ``want`` devices are found (the CIs just listed); with

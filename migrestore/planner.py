@@ -36,7 +36,9 @@ Rules:
    ``GpuSpec.source``) and no plan is returned; an instance with running processes that
    would be destroyed raises ``BusyError`` unless ``force``, and so does one whose
    processes are unknown (``pids_error``: NOT_SUPPORTED on a vGPU host; then any
-   instance of that GPU, a GI without CIs too, since a VM may use it unlisted):
+   instance of that GPU, a GI without CIs too, since a VM may use it unlisted; and any
+   instance of a GPU whose virtualization mode reads HOST_VGPU, ``vgpu_host``, which a
+   GPU whose every GI is without CIs needs: it has no MIG device to ask):
    unknown is never zero (issue 12 item 6). Infeasibility is reported
    before processes, so a config error is never masked by a busy GPU.
 7. One sick GPU does not stop the others (issue 12 item 3): a GPU observed sick (NVML
@@ -75,6 +77,10 @@ from migrestore.model import (
     media_class,
 )
 from migrestore.placement import solve_cis, solve_gis
+
+# Why processes are unknown on an instance of a GPU NVML reads as a vGPU host, when no
+# process query answered NOT_SUPPORTED (a GI without CIs has no MIG device to ask).
+VGPU_HOST_UNKNOWN = "virtualization mode HOST_VGPU: a VM may use it and NVML lists no process"
 
 
 @dataclass(frozen=True)
@@ -199,9 +205,10 @@ class _Builder:
 
     def _refuse(self, instance: str, pids: Tuple[int, ...], unknown: str) -> None:
         if not pids and not unknown:
-            # a GPU some MIG device of which answers NOT_SUPPORTED is a vGPU host: a VM
-            # may use any of its instances (a GI without CIs too) unlisted
-            unknown = self.vgpu_host
+            # a GPU some MIG device of which answers NOT_SUPPORTED, or that NVML reads
+            # as a vGPU host, is one: a VM may use any of its instances (a GI without
+            # CIs too) unlisted
+            unknown = self.vgpu_host or (VGPU_HOST_UNKNOWN if self.gpu.identity.vgpu_host else "")
         if (pids or unknown) and not self.force and self.busy is None:
             self.busy = BusyError(self.label, instance, pids, unknown)
 

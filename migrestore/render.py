@@ -120,6 +120,8 @@ def status_json(observed: Sequence[GpuState], driver_version: str) -> Dict[str, 
                 "pci_device_id": f"0x{ident.pci_device_id:08X}",
                 "name": ident.name,
                 "architecture": ident.architecture,
+                # NVML reads its virtualization mode as a vGPU host's (nvml rule 11)
+                "vgpu_host": ident.vgpu_host,
                 "error": (
                     {"nvml_error": ident.error, "failed": ident.failed} if ident.sick else None
                 ),

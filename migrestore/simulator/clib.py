@@ -99,6 +99,7 @@ KINDS: Dict[str, str] = {
     "nvmlDeviceGetDeviceHandleFromMigDeviceHandle": "hH",
     "nvmlDeviceGetComputeRunningProcesses_v3": "hpp",
     "nvmlDeviceGetComputeRunningProcesses_v2": "hpp",
+    "nvmlDeviceGetVirtualizationMode": "hp",
 }
 
 INIT = frozenset({"nvmlInit_v2", "nvmlInitWithFlags"})

@@ -44,7 +44,8 @@ Rules (sources in ``docs/SIMULATOR.md`` and ``nvml-semantics.md``):
 10. A GPU in vGPU host mode (``GpuRecord.vgpu_host``) answers NOT_SUPPORTED to process
     queries on its MIG device handles (nvml.h, ``nvmlDeviceGetComputeRunningProcesses_v3``:
     "not supported if the device is in vGPU Host virtualization mode"); the aggregate
-    query on the GPU's own handle still answers.
+    query on the GPU's own handle still answers, and its virtualization mode reads
+    HOST_VGPU.
 """
 
 from __future__ import annotations

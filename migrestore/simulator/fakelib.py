@@ -121,6 +121,7 @@ _IMPLS: Dict[str, str] = {
     "nvmlDeviceGetDeviceHandleFromMigDeviceHandle": "_mig_parent",
     "nvmlDeviceGetComputeRunningProcesses_v3": "_processes",
     "nvmlDeviceGetComputeRunningProcesses_v2": "_processes",
+    "nvmlDeviceGetVirtualizationMode": "_virtualization_mode",
 }
 
 SYMBOL_NAMES: Tuple[str, ...] = tuple(sorted([*_IMPLS, "nvmlErrorString"]))
@@ -727,6 +728,12 @@ class FakeNvmlLibrary:
         if mig is None:
             raise SimNvmlError(codes.INVALID_ARGUMENT, "not a MIG device handle")
         cabi.write_handle(out, self._handle(KIND_DEVICE, gpu), "device")
+
+    def _virtualization_mode(self, txn: Txn, dev: Any, out: Any) -> None:
+        gpu = self._gpu(txn, dev)
+        # nvmlGpuVirtualizationMode_t: NONE 0, PASSTHROUGH 2, HOST_VGPU 3
+        mode = 3 if gpu.vgpu_host else 2 if gpu.passthrough else 0
+        cabi.out(out, ctypes.c_uint, "pVirtualMode").value = mode
 
     def _processes(self, txn: Txn, dev: Any, count_arg: Any, arr: Any) -> None:
         gpu, mig = self._device(txn, dev)

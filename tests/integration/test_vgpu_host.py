@@ -146,3 +146,30 @@ def test_a_gi_without_cis_on_a_vgpu_host_is_not_destroyed_unless_forced(
     assert forced.code == EXIT_OK, forced.err
     status = run(capsys, "--simulate", node, "status", "--json").json()
     assert layout_of(status, 0) == LAYOUT_ON_GPU0[1:] == layout_of(status, 1)
+
+
+def test_a_vgpu_host_whose_gis_have_no_cis_refuses_their_destroy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], node: str
+) -> None:
+    """Every GI without a CI: no MIG device exists to answer NOT_SUPPORTED, so only the
+    GPU's virtualization mode (HOST_VGPU) says a VM may use the GIs unlisted."""
+    only_gis = LAYOUT.replace("      - {profile: 1g.10gb, placement: 6}\n", "")
+    cfg = write(tmp_path / "gis.yaml", only_gis)
+    assert run(capsys, "--simulate", node, "-c", cfg, "apply", "--no-clients").code == EXIT_OK
+    fewer = write(
+        tmp_path / "fewer.yaml",
+        only_gis.replace("      - {profile: 3g.40gb, placement: 0, compute: []}\n", ""),
+    )
+    refused = run(capsys, "--simulate", node, "-c", fewer, "apply", "--no-clients")
+    assert refused.code == EXIT_FAILED, refused.err
+    lines = [ln for ln in refused.err.splitlines() if "refusing to destroy" in ln]
+    assert len(lines) == 1, refused.err
+    assert "GPU 0 (" in lines[0] and "3g.40gb at 0:4" in lines[0], lines[0]
+    assert "HOST_VGPU" in lines[0], lines[0]
+    # GPU 1 is no vGPU host: nothing there is refused, and nothing was changed on GPU 0
+    status = run(capsys, "--simulate", node, "status", "--json").json()
+    assert layout_of(status, 0) == LAYOUT_ON_GPU0[:2]
+    forced = run(capsys, "--simulate", node, "-c", fewer, "apply", "--no-clients", "--force")
+    assert forced.code == EXIT_OK, forced.err
+    status = run(capsys, "--simulate", node, "status", "--json").json()
+    assert layout_of(status, 0) == [("2g.20gb", (4, 2))]

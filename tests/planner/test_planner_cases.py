@@ -87,6 +87,7 @@ def observed_from_status(data: Dict[str, Any]) -> Tuple[GpuState, ...]:
             name=gpu["name"],
             architecture=gpu["architecture"],
             mig_capable=mig["capable"],
+            vgpu_host=gpu.get("vgpu_host", False),
         )
         profiles = _table(gpu).profiles if mig["capable"] else ()
         gpus.append(

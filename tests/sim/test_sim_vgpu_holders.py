@@ -1,6 +1,7 @@
 """vGPU host mode and hidden holders of an instance, on both NVML libraries (the fake
-one beneath pynvml and the C library): process queries on a vGPU host's MIG device
-handles answer NOT_SUPPORTED (the GPU handle's still answers); a hidden holder of a GI
+one beneath pynvml and the C library): a vGPU host's virtualization mode reads
+HOST_VGPU and process queries on its MIG device handles answer NOT_SUPPORTED (the GPU
+handle's still answers); a hidden holder of a GI
 or CI is listed by no process query and makes its destroy answer IN_USE."""
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def test_a_vgpu_host_answers_not_supported_for_mig_device_processes(
         pynvml.nvmlDeviceSetMigMode(dev, 1)
         gi, _, _, _ = create_gi(dev, 9, 0)
         create_ci(gi, 2)
+    assert pynvml.nvmlDeviceGetVirtualizationMode(device(0)) == 0  # NONE
     sim.set_vgpu_host(0)
+    assert pynvml.nvmlDeviceGetVirtualizationMode(device(0)) == 3  # HOST_VGPU
+    assert pynvml.nvmlDeviceGetVirtualizationMode(device(1)) == 0
     mig0 = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(device(0), 0)
     with pytest.raises(pynvml.NVMLError_NotSupported):
         pynvml.nvmlDeviceGetComputeRunningProcesses(mig0)
