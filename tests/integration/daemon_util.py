@@ -4,6 +4,7 @@ owns, the systemctl stand-in with real main processes, simulated GPUs in a state
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from tests.edges.systemctl_fake import FakeSystemctl
 
@@ -222,6 +223,23 @@ class Node:
         assert self.daemon is not None
         _out, err = self.daemon.communicate(timeout=timeout)
         return self.daemon.returncode, err
+
+    @contextlib.contextmanager
+    def gpu_lock(self) -> Iterator[None]:
+        """Hold the GPU lock's directory lock, as a concurrent migrestore would: drift made
+        inside the block is seen by no watch tick until it is left."""
+        lock = os.open(os.path.dirname(self.env["MIGRESTORE_LOCK"]), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)
+
+    def wait_backed_off(self, ticks: int = 3) -> None:
+        """Wait for ``ticks`` more STATUS= lines of ticks that backed a GPU off."""
+        for _ in range(ticks):
+            seen = len(self.notify.messages)
+            self.notify.wait_for("STATUS=restore backed off", after=seen)
 
     def wait_until(self, check: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout

@@ -7,7 +7,6 @@ drift tick for an instance it cannot destroy (it backs off, one warning per tick
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -151,22 +150,16 @@ def test_the_daemon_backs_off_an_instance_it_cannot_destroy(hopper: Node) -> Non
     calls = len(hopper.units.calls())
     # drift behind the daemon's back: a GI in the free slices, held by a leaked handle;
     # made under the GPU lock, so no tick restores it before it is held
-    lock = os.open(os.path.dirname(hopper.env["MIGRESTORE_LOCK"]), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with hopper.gpu_lock():
         hopper.sim(
             "create-gi", hopper.state, "--gpu", "0", "--profile", "1g.10gb", "--placement", "5"
         )
         gi = _gi_id(hopper.show()["gpus"][0]["gis"], 5)
         holder = _hold(hopper.state, 0, gi, hopper.env)
-    finally:
-        os.close(lock)
     try:
         # the first tick's restore fails IN_USE; later ticks back off and say so
         hopper.notify.wait_for("STATUS=failed:")
-        for _ in range(3):
-            seen = len(hopper.notify.messages)
-            hopper.notify.wait_for("STATUS=restore backed off", after=seen)
+        hopper.wait_backed_off(3)
         stops = [c for c in hopper.units.calls()[calls:] if "stop nvidia-dcgm.service" in c]
         assert len(stops) == 1, hopper.units.calls()  # bounced once, not every tick
         assert hopper.units.state("nvidia-dcgm.service") == "active"

@@ -8,8 +8,6 @@ Fabric Manager's unit is only ever read."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -286,22 +284,16 @@ def test_the_daemon_backs_off_a_gpu_that_needs_a_reboot(vm: Node) -> None:
     calls = len(vm.units.calls())
     # behind the daemon's back, under the GPU lock (no tick in between): MIG is turned
     # off and the VM's host resets the GPU; the guest now sees MIG off, pending off
-    lock = os.open(os.path.dirname(vm.env["MIGRESTORE_LOCK"]), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with vm.gpu_lock():
         vm.sim("passthrough", vm.state, "--gpu", "0", "--off")
         vm.sim("reset", vm.state, "--gpu", "0")  # the instances go
         vm.sim("set-mode", vm.state, "--gpu", "0", "off")
         vm.sim("reset", vm.state, "--gpu", "0")
         vm.sim("passthrough", vm.state, "--gpu", "0", "--status", "NVML_ERROR_RESET_REQUIRED")
-    finally:
-        os.close(lock)
     # the first tick's restore needs a reboot; later ticks back off and say so
     failed = vm.notify.wait_for("STATUS=failed:")
     assert ADVICE in failed, failed
-    for _ in range(3):
-        seen = len(vm.notify.messages)
-        vm.notify.wait_for("STATUS=restore backed off", after=seen)
+    vm.wait_backed_off(3)
     stops = [c for c in vm.units.calls()[calls:] if "stop nvidia-dcgm.service" in c]
     assert len(stops) == 1, vm.units.calls()[calls:]  # bounced once, not every tick
     assert vm.units.state("nvidia-dcgm.service") == "active"

@@ -257,20 +257,17 @@ class WatchDriver(Driver):
         self.scenario.drift(self.rig)
 
     def once(self) -> Tuple[int, str]:
-        try:
-            self.daemon.check("interval")
-        except MigrestoreError as exc:
-            return exc.exit_code, str(exc)
-        except Exception as exc:  # a bug: the watch loop would die with it
-            return 70, f"{type(exc).__name__}: {exc}: {traceback.format_exc(limit=3)}"
-        return 0, ""
+        return self.tick("interval")
 
     def again(self) -> Tuple[int, str]:
         """The next attempt after a failed tick: the daemon backs a GPU whose restore
         failed off (issue 12 item 8) until its geometry changes, the delay passes or
         SIGHUP asks; the tick a SIGHUP runs tries every GPU again at once."""
+        return self.tick("reload")
+
+    def tick(self, reason: str) -> Tuple[int, str]:
         try:
-            self.daemon.check("reload")
+            self.daemon.check(reason)
         except MigrestoreError as exc:
             return exc.exit_code, str(exc)
         except Exception as exc:  # a bug: the watch loop would die with it

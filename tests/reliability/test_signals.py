@@ -196,6 +196,7 @@ def _daemon_argv(node: Node, *, simulate: bool = True) -> List[str]:
 
 
 def test_sigterm_ends_the_wait_for_the_driver_at_once(node: Node) -> None:
+    """Also rule 6: before it waits, the start asks systemd for the driver wait."""
     daemon = subprocess.Popen(
         [*_daemon_argv(node, simulate=False), "--log-format", "journal", "daemon"],
         env=node.env,
@@ -205,12 +206,15 @@ def test_sigterm_ends_the_wait_for_the_driver_at_once(node: Node) -> None:
     )
     node.daemon = daemon
     node.notify.wait_for("STATUS=waiting for NVIDIA driver")
-    sent = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
+    # the wait is 600 s (driver-wait), far past BOUND: only SIGTERM can end it in time
     _out, err = daemon.communicate(timeout=BOUND)
     assert daemon.returncode == 0, err
-    assert time.monotonic() - sent < 5.0, "the driver wait went on after SIGTERM"
     assert "Traceback" not in err
+    node.notify.drain()
+    # driver-wait: 600 in the config, then the lock wait (120 s) and the reads
+    asked = _extensions(node.notify.messages)
+    assert asked and asked[0] >= 600 + 120, node.notify.messages
 
 
 def test_sigterm_ends_the_wait_for_the_gpu_lock_and_changes_nothing(node: Node) -> None:
@@ -220,11 +224,10 @@ def test_sigterm_ends_the_wait_for_the_gpu_lock_and_changes_nothing(node: Node) 
         # sent just before the lock is taken: the daemon waits for it (or is about to;
         # SIGTERM before the wait ends it as well)
         node.notify.wait_for("STATUS=observing GPUs")
-        sent = time.monotonic()
         daemon.send_signal(signal.SIGTERM)
+        # the lock wait is 120 s, past BOUND: only SIGTERM can end it in time
         code, err = node.wait_daemon(timeout=BOUND)
         assert code == 0, err
-        assert time.monotonic() - sent < 5.0
     assert node.changes() == before
     assert "READY=1" not in "".join(node.notify.messages)
 
@@ -295,25 +298,6 @@ def _extensions(messages: List[str]) -> List[float]:
         for line in message.splitlines()
         if line.startswith("EXTEND_TIMEOUT_USEC=")
     ]
-
-
-def test_the_start_asks_for_the_driver_wait_before_it_waits(node: Node) -> None:
-    daemon = subprocess.Popen(
-        [*_daemon_argv(node, simulate=False), "--log-format", "journal", "daemon"],
-        env=node.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    node.daemon = daemon
-    node.notify.wait_for("STATUS=waiting for NVIDIA driver")
-    daemon.send_signal(signal.SIGTERM)
-    _out, err = daemon.communicate(timeout=BOUND)
-    assert daemon.returncode == 0, err
-    node.notify.drain()
-    # driver-wait: 600 in the config, then the lock wait (120 s) and the reads
-    asked = _extensions(node.notify.messages)
-    assert asked and asked[0] >= 600 + 120, node.notify.messages
 
 
 def test_sigterm_during_a_client_stop_asks_for_the_rest_of_the_pass_and_ends_it(
