@@ -110,6 +110,9 @@ def test_reload_applies_an_edited_config(node: Container) -> None:
     node.run(["systemctl", "reload", n.UNIT])
 
     n.wait_geometry(node, n.declared(n.GEOMETRY_C))
+    # the geometry is made before the reload ends (CDI refresh, hooks, READY=1): the unit
+    # reads "reloading" until then
+    node.wait_unit(n.UNIT, ("active",))
     assert node.show(n.UNIT, *IDENTITY) == before
 
 
