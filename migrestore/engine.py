@@ -33,17 +33,22 @@ Rules:
    (index, PCI bus id, what failed, NVML error) and the pass's result is PARTIAL. A
    GPU that falls sick during the run is added to ``Plan.unrestored`` of the outcome
    (executor rule 9), with the same consequences.
+8. One GPU that fails alone after the others were applied and verified (a layout its
+   new GI does not offer, exit 78; a reboot needed, exit 77: executor rules 6 and 7)
+   still gets the device node and CDI refresh for what the others made before its
+   error is raised: containers then see the MIG devices that exist. Hooks do not run
+   (they follow a successful, verified change only).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 
 from migrestore import config as configmod
 from migrestore import planner
-from migrestore.errors import MigrestoreError
+from migrestore.errors import InfeasibleError, MigrestoreError, RebootNeeded
 from migrestore.model import (
     CdiRefresh,
     Config,
@@ -268,6 +273,7 @@ def converge(
     say = status or (lambda _text: None)
     more_time = extend or (lambda _seconds: None)
     started = time.monotonic()
+    one_gpu_failed: Optional[Union[InfeasibleError, RebootNeeded]] = None
     # Only a pass that changes something needs the executor and hooks (rule 2: a
     # converged start stays light); services reads the note of an earlier run.
     from migrestore import services
@@ -292,20 +298,28 @@ def converge(
             say(f"applying {len(plan.actions)} changes")
             resets = sum(1 for a in plan.actions if isinstance(a, Reset))
             more_time(APPLY_BUDGET + RESET_BUDGET * resets)
-            result = executor.execute(  # change, then verify
-                nv,
-                plan,
-                decision.desired,
-                decision.observed,
-                log=log,
-                allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
-                # read before an NVSwitch GPU's reset, never stopped (executor rule 8);
-                # read also when no client unit is managed (apply --no-clients)
-                fabric_manager=lambda: services.fabric_manager_state(
-                    ctl if ctl is not None else services.Systemctl()
-                ),
-            )
+            try:
+                result = executor.execute(  # change, then verify
+                    nv,
+                    plan,
+                    decision.desired,
+                    decision.observed,
+                    log=log,
+                    allow_reset=cfg.ampere_reset == ResetPolicy.ALLOW,
+                    # read before an NVSwitch GPU's reset, never stopped (executor rule
+                    # 8); read also when no client unit is managed (apply --no-clients)
+                    fabric_manager=lambda: services.fabric_manager_state(
+                        ctl if ctl is not None else services.Systemctl()
+                    ),
+                )
+            except (InfeasibleError, RebootNeeded) as failed:
+                if failed.others_changed <= 0:
+                    raise
+                one_gpu_failed = failed  # the others are applied and verified (rule 8)
     # Leaving the block started the stopped units again (rule 4).
+    if one_gpu_failed is not None:
+        _refresh_cdi(nv, cfg, log, say, more_time)
+        raise one_gpu_failed
     if plan.converged:
         return Outcome(
             plan,
@@ -378,13 +392,19 @@ def _post_apply(
             RunResult.APPLIED.value, f"{changes} NVML changes", state_path, cfg.path, changed
         )
         failures = tuple(hooks.run_hooks(cfg.hooks, log, env))
-    cdi_problems: Tuple[str, ...] = ()
-    if cfg.cdi_refresh == CdiRefresh.AUTO:
-        from migrestore import cdi
+    return failures, _refresh_cdi(nv, cfg, log, say, more_time)
 
-        say("refreshing MIG device nodes and the CDI spec")
-        more_time(6 * cfg.cdi_timeout + 30)  # at most six bounded programs (cdi rule 4)
-        # a backend that does not say it is the real driver never runs the node's tools
-        tools = cdi.Tools.for_node(simulated=getattr(nv.backend, "simulated", True))
-        cdi_problems = cdi.refresh(log, tools, cfg.cdi_timeout)
-    return failures, cdi_problems
+
+def _refresh_cdi(
+    nv: Nvml, cfg: Config, log: Any, say: Callable[[str], None], more_time: Callable[[float], None]
+) -> Tuple[str, ...]:
+    """The device node and CDI refresh after a change (rule 5): its problems."""
+    if cfg.cdi_refresh != CdiRefresh.AUTO:
+        return ()
+    from migrestore import cdi
+
+    say("refreshing MIG device nodes and the CDI spec")
+    more_time(6 * cfg.cdi_timeout + 30)  # at most six bounded programs (cdi rule 4)
+    # a backend that does not say it is the real driver never runs the node's tools
+    tools = cdi.Tools.for_node(simulated=getattr(nv.backend, "simulated", True))
+    return tuple(cdi.refresh(log, tools, cfg.cdi_timeout))

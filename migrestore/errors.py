@@ -83,6 +83,10 @@ class InfeasibleError(MigrestoreError):
         self.reason = reason
         self.where = where  # "file:line" of the rule that asked for it, when known
         self.left = left  # what stays on the GPU when it was already changed
+        # set by the executor when it raises this after the other GPUs were applied and
+        # verified: the NVML changes the run made (the device nodes and CDI spec are
+        # refreshed for them before it is raised on)
+        self.others_changed = 0
         prefix = f"{where}: " if where else ""
         super().__init__(f"{prefix}GPU {gpu}: {reason}; {left or 'nothing was changed'}")
 
@@ -106,6 +110,7 @@ class RebootNeeded(MigrestoreError):
         # ``held``: no attempt before a reboot can succeed)
         self.failed_gpus: Tuple[str, ...] = ()
         self.left: Tuple[str, ...] = ()
+        self.others_changed = 0  # as InfeasibleError's
         # the advice first: systemd's STATUS= shows the start of the line
         super().__init__(
             f"GPU {gpu}: {self.fix} to apply the MIG mode change: {nvml_error}: {refused} "

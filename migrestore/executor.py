@@ -524,6 +524,7 @@ def execute(
             f"{len(left)} action(s) still needed, first: {left[0].describe()}"
         )
     if infeasible:
+        infeasible[0].others_changed = changes
         raise infeasible[0]
     if reboot:
         ordered = sorted(reboot.values(), key=lambda pair: pair[0])
@@ -533,6 +534,7 @@ def execute(
         first_reboot = ordered[0][1]
         first_reboot.failed_gpus = tuple(sorted(reboot, key=lambda u: reboot[u][0]))
         first_reboot.left = ("",) * len(first_reboot.failed_gpus)
+        first_reboot.others_changed = changes
         raise first_reboot
     return ExecResult(changes, tuple(sorted(changed)), tuple(after), unrestored)
 

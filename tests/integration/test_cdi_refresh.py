@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from migrestore.errors import EXIT_OK
+from migrestore.errors import EXIT_OK, EXIT_REBOOT
 from tests.edges.systemctl_fake import FakeSystemctl
 from tests.integration.cli_util import layout_of, run, sim, write
 
@@ -301,3 +301,32 @@ def test_a_failing_refresh_service_only_warns(
     assert len(warnings) == 1
     assert "restart nvidia-cdi-refresh.service exited with status 1: Job for" in warnings[0]
     assert layout_of(status(capsys, node), 0) == [("2g.20gb", (0, 2)), ("3g.40gb", (4, 4))]
+
+
+def test_a_gpu_that_needs_a_reboot_still_gets_the_others_refreshed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VM with two passthrough A100s: GPU 0's first MIG enable needs a reboot (exit 77),
+    GPU 1 is restored; its new MIG devices get their nodes and a CDI spec (engine rule
+    8), so containers see what exists."""
+    vm = str(tmp_path / "vm.json")
+    assert sim(capsys, "init", vm, "a100-80gb:2", "--passthrough").code == 0
+    assert sim(capsys, "passthrough", vm, "--gpu", "0").code == 0
+    assert sim(capsys, "set-mode", vm, "--gpu", "1", "on").code == 0
+    assert sim(capsys, "reboot", vm).code == 0
+    stand = Stand(tmp_path, vm)
+    monkeypatch.setenv("MIGRESTORE_NVIDIA_SMI", stand.smi)
+    monkeypatch.setenv("MIGRESTORE_NVIDIA_CTK", stand.ctk)
+    monkeypatch.setenv("MIGRESTORE_CDI_ENV", str(tmp_path / "absent.env"))
+    monkeypatch.delenv("MIGRESTORE_SYSTEMCTL", raising=False)
+    cfg = write(tmp_path / "m.yaml", CONFIG)
+    code, err = apply(capsys, vm, cfg)
+    assert code == EXIT_REBOOT, err
+    assert stand.calls() == [
+        "nvidia-smi -L",
+        "nvidia-ctk system create-device-nodes --control-devices",
+        "nvidia-ctk cdi generate",
+    ]
+    seen = status(capsys, str(stand.records / "gpus-2.json"))
+    assert layout_of(seen, 1) == [("2g.20gb", (0, 2)), ("3g.40gb", (4, 4))]
+    assert layout_of(seen, 0) == []
